@@ -1,0 +1,324 @@
+"""Losses for RL, SFT, reward-model and DPO training: pure tensor functions.
+
+Conventions
+-----------
+* Shapes are in names: ``_BT`` is [batch, tokens] (response positions), ``_BTV``
+  adds the vocabulary, ``_B`` is one value per sequence.
+* ``mask_BT`` is 1 on tokens that count (response tokens) and 0 elsewhere.
+* Every per-token loss is reduced by ``agg_loss``; nothing else averages.
+* Metrics are returned as *detached 0-dim tensors* (not python floats) so a
+  training loop over micro-batches does not force a device sync per step; call
+  ``.item()`` once when logging. Token-level metrics (clip fractions, approx KL)
+  are means over the valid tokens of the tensors passed in (the micro-batch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Normaliser = float | int | Tensor | None
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def agg_loss(loss_BT: Tensor, mask_BT: Tensor, mode: str, normaliser: Normaliser = None) -> Tensor:
+    """Reduce a per-token loss [B, T] to a scalar. The one aggregation function.
+
+    Modes (m = mask, L = loss, D = ``normaliser``):
+      "token-mean"              sum_{b,t} L*m / D,   D defaults to sum(m) (valid tokens)
+      "seq-mean-token-sum"      sum_b (sum_t L*m) / D,   D defaults to #sequences
+      "seq-mean-token-mean"     sum_b (sum_t L*m / sum_t m) / D,   D defaults to #sequences
+      "seq-mean-token-sum-norm" sum_{b,t} L*m / D,   D defaults to #sequences * T
+                                (Dr. GRPO, Liu et al. 2025: a *constant* per-sequence
+                                length, not the actual one, so long answers are not
+                                down-weighted)
+    "#sequences" counts rows with at least one valid token, so all-padding rows
+    (e.g. from ``Batch.pad_to_multiple``) do not dilute the mean.
+
+    The normaliser is a count over the GLOBAL batch. The defaults use the local
+    tensors, which is right only when this call sees the whole batch. When a
+    batch is split into micro-batches and/or data-parallel ranks, pass the count
+    over the whole (global) mini-batch: every term is then a plain sum divided
+    by one shared constant, so the micro-batch losses (and gradients) add up
+    exactly to the full-batch loss and no rescaling by micro-batch count is
+    needed. (With the defaults, "token-mean" over micro-batches of unequal token
+    counts would weight tokens unequally.) For "seq-mean-token-sum-norm" pass
+    #global_sequences * max_response_length so the constant does not move with
+    each micro-batch's padded width.
+    """
+    if loss_BT.shape != mask_BT.shape:
+        raise ValueError(f"loss shape {tuple(loss_BT.shape)} != mask shape {tuple(mask_BT.shape)}")
+    m = mask_BT.to(loss_BT.dtype)
+    # where() rather than a product so inf/nan at masked positions cannot leak.
+    masked = torch.where(mask_BT.bool(), loss_BT, torch.zeros_like(loss_BT))
+    if mode == "token-mean":
+        total = masked.sum()
+        default = m.sum()
+    elif mode == "seq-mean-token-sum":
+        total = masked.sum(-1).sum()
+        default = (m.sum(-1) > 0).sum()
+    elif mode == "seq-mean-token-mean":
+        total = (masked.sum(-1) / m.sum(-1).clamp(min=1)).sum()
+        default = (m.sum(-1) > 0).sum()
+    elif mode == "seq-mean-token-sum-norm":
+        total = masked.sum()
+        default = (m.sum(-1) > 0).sum() * loss_BT.shape[-1]
+    else:
+        raise ValueError(f"unknown loss aggregation mode {mode!r}; known: {list(AGG_MODES)}")
+    if normaliser is None:
+        # An all-masked micro-batch yields 0 loss, not nan.
+        return total / torch.as_tensor(default, dtype=total.dtype, device=total.device).clamp(min=1)
+    return total / normaliser
+
+
+def policy_loss_clip(
+    logp_BT: Tensor,
+    old_logp_BT: Tensor,
+    adv_BT: Tensor,
+    mask_BT: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip_c: float | None = None,
+    agg_mode: str = "token-mean",
+    normaliser: Normaliser = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate (Schulman et al. 2017) with clip-higher and dual-clip.
+
+    ratio = exp(logp - old_logp)
+    L     = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
+    Clip-higher (DAPO, Yu et al. 2025): clip_high > clip_low lets low-probability
+    tokens grow more before clipping, against entropy collapse.
+    Dual-clip (Ye et al. 2020), for A < 0 only: L = min(L, -A * c), c > 1, which
+    bounds the loss when the ratio explodes on a negative-advantage token.
+    The loss is then reduced with ``agg_loss(L, mask, agg_mode, normaliser)``.
+
+    Metrics (detached 0-dim tensors, means over valid tokens of this call):
+      clip_frac       fraction of tokens where the clipped term was the max
+      dual_clip_frac  fraction of tokens where the dual-clip bound was taken
+      approx_kl       mean(old_logp - logp), k1 estimate of KL(old || new)
+    """
+    if not 0 <= clip_low < 1 or clip_high < 0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if dual_clip_c is not None and dual_clip_c <= 1:
+        raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")
+    log_ratio = logp_BT - old_logp_BT
+    # Clamp before exp: a stale/garbage old_logp must not turn into inf * 0 = nan.
+    ratio = torch.exp(log_ratio.clamp(-20.0, 20.0))
+    loss_unclipped = -adv_BT * ratio
+    loss_clipped = -adv_BT * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(loss_unclipped, loss_clipped)
+    dual_taken = torch.zeros_like(mask_BT, dtype=torch.bool)
+    if dual_clip_c is not None:
+        bound = -adv_BT * dual_clip_c
+        dual_taken = (adv_BT < 0) & (loss > bound)
+        loss = torch.where(adv_BT < 0, torch.minimum(loss, bound), loss)
+    with torch.no_grad():
+        metrics = {
+            "clip_frac": _masked_mean((loss_clipped > loss_unclipped).float(), mask_BT),
+            "dual_clip_frac": _masked_mean(dual_taken.float(), mask_BT),
+            "approx_kl": _masked_mean(-log_ratio.float(), mask_BT),
+        }
+    return agg_loss(loss, mask_BT, agg_mode, normaliser), metrics
+
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
+    "clip": policy_loss_clip,
+}
+
+_KL_ALIASES = {
+    "k1": "k1", "kl": "k1",
+    "abs": "abs",
+    "k2": "k2", "mse": "k2",
+    "k3": "k3", "low_var_kl": "k3",
+}
+
+
+def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from sampled-token log-probs; shape preserved.
+
+    With d = logp - ref_logp (samples drawn from pi), after Schulman's
+    "Approximating KL divergence" note:
+      "k1" / "kl"          d                        unbiased, high variance, can be < 0
+      "abs"                |d|
+      "k2" / "mse"         0.5 * d^2                biased, low variance
+      "k3" / "low_var_kl"  exp(-d) + d - 1          unbiased, >= 0; as in verl, -d is
+                           clamped to [-20, 20] before exp and the result to [-10, 10]
+    """
+    try:
+        k = _KL_ALIASES[kind]
+    except KeyError:
+        raise ValueError(f"unknown KL estimator {kind!r}; known: {sorted(_KL_ALIASES)}") from None
+    d = logp - ref_logp
+    if k == "k1":
+        return d
+    if k == "abs":
+        return d.abs()
+    if k == "k2":
+        return 0.5 * d.square()
+    neg_d = (-d).clamp(-20.0, 20.0)
+    return (torch.exp(neg_d) - neg_d - 1).clamp(-10.0, 10.0)
+
+
+def entropy_from_logits(logits_BTV: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last dim: H = logsumexp(z) - sum_v p_v z_v. [B,T,V] -> [B,T].
+
+    The logsumexp form never takes log of a tiny probability, so it is stable
+    for very peaked distributions.
+    """
+    z = logits_BTV.float() if logits_BTV.dtype in (torch.float16, torch.bfloat16) else logits_BTV
+    p = torch.softmax(z, dim=-1)
+    return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+
+
+def logprobs_from_logits(logits_BTV: Tensor, labels_BT: Tensor) -> Tensor:
+    """log softmax(logits)[label] per position: z_label - logsumexp(z). [B,T,V], [B,T] -> [B,T].
+
+    Gathers the label logit and subtracts logsumexp instead of materialising the
+    full log_softmax, and upcasts half precision to float32 (bf16 log-probs are
+    too coarse for importance ratios). Labels are expected already shifted.
+    """
+    z = logits_BTV.float() if logits_BTV.dtype in (torch.float16, torch.bfloat16) else logits_BTV
+    picked = torch.gather(z, -1, labels_BT.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(z, dim=-1)
+
+
+def sft_loss(
+    logp_BT: Tensor, mask_BT: Tensor, agg_mode: str = "token-mean", normaliser: Normaliser = None
+) -> Tensor:
+    """Negative log-likelihood: agg_loss(-logp, mask, agg_mode, normaliser)."""
+    return agg_loss(-logp_BT, mask_BT, agg_mode, normaliser)
+
+
+def value_loss_clipped(
+    values_BT: Tensor,
+    old_values_BT: Tensor,
+    returns_BT: Tensor,
+    mask_BT: Tensor,
+    clip_range: float | None = 0.2,
+    agg_mode: str = "token-mean",
+    normaliser: Normaliser = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped value loss: 0.5 * agg(max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2)).
+
+    ``clip_range=None`` gives the plain 0.5 * (V - R)^2. Metric ``vf_clip_frac``:
+    fraction of valid tokens where the clipped term was the larger one.
+    """
+    err_unclipped = (values_BT - returns_BT).square()
+    if clip_range is None:
+        loss = err_unclipped
+        clip_frac = torch.zeros((), device=values_BT.device)
+    else:
+        v_clipped = old_values_BT + (values_BT - old_values_BT).clamp(-clip_range, clip_range)
+        err_clipped = (v_clipped - returns_BT).square()
+        loss = torch.maximum(err_unclipped, err_clipped)
+        with torch.no_grad():
+            clip_frac = _masked_mean((err_clipped > err_unclipped).float(), mask_BT)
+    return 0.5 * agg_loss(loss, mask_BT, agg_mode, normaliser), {"vf_clip_frac": clip_frac.detach()}
+
+
+def _mean_over(x_B: Tensor, normaliser: Normaliser) -> Tensor:
+    return x_B.sum() / (x_B.shape[0] if normaliser is None else normaliser)
+
+
+def bradley_terry_loss(
+    r_chosen_B: Tensor, r_rejected_B: Tensor, normaliser: Normaliser = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Reward-model pairwise loss (Bradley-Terry; Ouyang et al. 2022): -log sigmoid(r_c - r_r), mean.
+
+    ``normaliser`` (default B) is the global number of pairs when the batch is
+    split into micro-batches. Metrics: ``accuracy`` (r_c > r_r), ``margin`` (mean r_c - r_r).
+    """
+    margin_B = r_chosen_B - r_rejected_B
+    loss = _mean_over(-F.logsigmoid(margin_B), normaliser)
+    with torch.no_grad():
+        metrics = {"accuracy": (margin_B > 0).float().mean(), "margin": margin_B.float().mean()}
+    return loss, metrics
+
+
+def dpo_loss(
+    policy_chosen_logp_B: Tensor,
+    policy_rejected_logp_B: Tensor,
+    ref_chosen_logp_B: Tensor,
+    ref_rejected_logp_B: Tensor,
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    normaliser: Normaliser = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO (Rafailov et al. 2023) on summed sequence log-probs [B].
+
+    h = beta * ((pi_c - ref_c) - (pi_r - ref_r))
+    loss = mean( -(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h) )
+    eps = ``label_smoothing`` (conservative DPO, Mitchell 2023); eps = 0 is plain DPO.
+    Metrics: implicit rewards ``chosen_reward`` = beta*(pi_c - ref_c) and
+    ``rejected_reward`` (means), ``accuracy`` (chosen > rejected), ``margin``.
+    """
+    chosen_B = beta * (policy_chosen_logp_B - ref_chosen_logp_B)
+    rejected_B = beta * (policy_rejected_logp_B - ref_rejected_logp_B)
+    h_B = chosen_B - rejected_B
+    per_pair_B = -(1 - label_smoothing) * F.logsigmoid(h_B) - label_smoothing * F.logsigmoid(-h_B)
+    loss = _mean_over(per_pair_B, normaliser)
+    with torch.no_grad():
+        metrics = {
+            "chosen_reward": chosen_B.float().mean(),
+            "rejected_reward": rejected_B.float().mean(),
+            "accuracy": (h_B > 0).float().mean(),
+            "margin": h_B.float().mean(),
+        }
+    return loss, metrics
+
+
+class FixedKLController:
+    """Constant KL coefficient. ``update`` is a no-op so callers need not branch."""
+
+    def __init__(self, kl_coef: float) -> None:
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences").
+
+    e = clip(current_kl / target - 1, -0.2, 0.2);  value *= 1 + e * n_steps / horizon
+    n_steps is the number of samples (or steps) since the last update.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"target and horizon must be > 0, got {target}, {horizon}")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        current_kl = float(current_kl)
+        if not math.isfinite(current_kl):
+            raise ValueError(f"current_kl must be finite, got {current_kl}")
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+        self.target = float(state.get("target", self.target))
+        self.horizon = float(state.get("horizon", self.horizon))

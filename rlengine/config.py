@@ -1,0 +1,292 @@
+"""The schema every recipe is checked against, and the values derived from it.
+
+Recipes (YAML in recipes/) are composed by Hydra over `RootConfig`; OmegaConf
+rejects unknown keys and wrong types while composing.  `validate` then checks
+the combinations a type system cannot express and returns a `Plan`: every
+derived value lives there, so the frozen config is never mutated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from rlengine.algos.advantages import ADVANTAGES
+
+SEQUENCE_ALGOS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
+ALGORITHMS = (*SEQUENCE_ALGOS, "sft")
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; `key` is the dotted path at fault."""
+
+    def __init__(self, key: str, message: str, where: str | None = None):
+        self.key = key
+        self.where = where
+        loc = f" ({where})" if where else ""
+        super().__init__(f"config key '{key}'{loc}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Hub name, local directory, or `tiny:base` / `tiny:sft` (built by rlengine/tiny.py).
+    path: str = "tiny:sft"
+    tokenizer_path: Optional[str] = None  # defaults to model.path
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # jsonl / parquet path, a local HF dataset dir, a hub dataset name, or `tiny:train` / `tiny:test`.
+    train_path: str = "tiny:train"
+    test_path: str = "tiny:test"
+    train_split: str = "train"
+    test_split: str = "test"
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    prompts_per_step: int = 16
+    max_prompt_tokens: int = 64
+    chat_template: bool = False
+    system_prompt: Optional[str] = None
+    shuffle: bool = True
+    max_test_rows: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | sft
+    group_size: int = 8
+    ppo_epochs: int = 1
+    minibatches: int = 1  # optimizer steps per ppo epoch
+    clip_low: float = 0.2
+    clip_high: float = 0.28  # clip-higher (DAPO); equal to clip_low for symmetric PPO-clip
+    dual_clip: Optional[float] = None  # dual-clip constant c > 1, or null
+    loss_agg: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = False  # False: KL as a loss term (GRPO); True: per-token penalty in the reward
+    entropy_coef: float = 0.0
+    reuse_rollout_logprobs: bool = False  # use vLLM's sampling log-probs as the old log-probs
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_workers: int = 1
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    ignore_eos: bool = False
+    max_model_len: int = 256
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on the CPU build
+    # vLLM CPU thread binding, e.g. "0-1" (null: vLLM's default, one core). See bench/.
+    cpu_bind: Optional[str] = None
+    enforce_eager: bool = True
+    max_logprob_drift: float = 0.05  # mean |vLLM logp - trainer logp| above this fails the step
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    world_size: int = 1
+    total_steps: int = 100
+    lr: float = 1.0e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 64  # sequences per forward/backward per rank
+    zero_stage: int = 3
+    cpu_threads: int = 2
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    num_workers: int = 1
+
+
+@dataclass(frozen=True)
+class RewardFnConfig:
+    fn: str = "reward_fns/math.py:compute_score"
+    weight: float = 1.0
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    fns: List[RewardFnConfig] = field(default_factory=lambda: [RewardFnConfig()])
+    num_workers: int = 1  # processes in the scoring pool
+    timeout_s: float = 10.0
+    error_score: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    before: bool = True
+    after: bool = True
+    every_steps: int = 0  # 0: only before/after
+    max_new_tokens: Optional[int] = None  # defaults to rollout.max_new_tokens
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0  # 0: only the final checkpoint
+    keep_last: int = 2
+    save_hf: bool = True
+    export_hf_to: Optional[str] = None  # also copy the final HF checkpoint here
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    project: str = "rlengine"
+    experiment: Optional[str] = None
+    wandb: bool = False
+    wandb_mode: str = "offline"  # offline | online
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    device: str = "cpu"  # cpu | cuda
+    gpus_per_trainer: float = 0.0
+    gpus_per_rollout: float = 0.0
+    gpus_per_reference: float = 0.0
+    # Ray CPU units reserved per actor.  Fractions let the whole topology share a 2-core laptop:
+    # the phases of a step run one after another, so the actors do not compete for cores.
+    cpus_per_actor: float = 0.25
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: Optional[str] = None  # null: start a local cluster; "auto": join the running one
+    num_cpus: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    # Used by algorithm.name=sft: supervised targets are data.answer_key completions.
+    eval_every_steps: int = 0
+    stop_at_accuracy: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    recipe: str = "grpo_tiny"
+    seed: int = 1
+    run_dir: Optional[str] = None  # default: outputs/<recipe>/<timestamp>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Values derived from a validated config; computed once, never written back."""
+
+    samples_per_step: int  # prompts_per_step * group_size
+    minibatch_size: int  # samples per optimizer step
+    micro_batches_per_minibatch: int  # per rank (DeepSpeed gradient accumulation steps)
+    micro_batch_size: int  # per rank
+    use_reference: bool
+    advantage: Optional[str]
+    eval_max_new_tokens: int
+    dtype: str
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: RootConfig) -> Plan:
+    """Check cross-field rules; raise ConfigError naming the key. Returns the derived Plan."""
+    a, t, r, d = cfg.algorithm, cfg.trainer, cfg.rollout, cfg.data
+    _choice("algorithm.name", a.name, ALGORITHMS)
+    _choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
+    _choice("algorithm.loss_agg", a.loss_agg,
+            ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"))
+    _choice("algorithm.kl_estimator", a.kl_estimator, ("k1", "k2", "k3"))
+    _choice("resources.device", cfg.resources.device, ("cpu", "cuda"))
+    _choice("trainer.zero_stage", t.zero_stage, (0, 1, 2, 3))
+    _choice("trainer.lr_schedule", t.lr_schedule, ("constant", "cosine"))
+    _choice("tracking.wandb_mode", cfg.tracking.wandb_mode, ("offline", "online"))
+    for key, value in (("trainer.world_size", t.world_size), ("trainer.total_steps", t.total_steps),
+                       ("trainer.lr", t.lr), ("trainer.micro_batch_size", t.micro_batch_size),
+                       ("data.prompts_per_step", d.prompts_per_step), ("rollout.max_new_tokens", r.max_new_tokens),
+                       ("rollout.num_workers", r.num_workers), ("algorithm.ppo_epochs", a.ppo_epochs),
+                       ("algorithm.minibatches", a.minibatches), ("algorithm.group_size", a.group_size)):
+        _positive(key, value)
+    for key, value in (("rollout.temperature", r.temperature), ("algorithm.kl_coef", a.kl_coef),
+                       ("checkpoint.every_steps", cfg.checkpoint.every_steps),
+                       ("trainer.warmup_steps", t.warmup_steps)):
+        _positive(key, value, allow_zero=True)
+    if not 0 < r.top_p <= 1:
+        raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        raise ConfigError("algorithm.dual_clip", f"the dual-clip constant must be > 1, got {a.dual_clip}")
+    if a.name in ("grpo", "dr_grpo", "rloo") and a.group_size < 2:
+        raise ConfigError("algorithm.group_size",
+                          f"{a.name} normalises rewards within a group of samples per prompt; "
+                          f"group_size must be >= 2, got {a.group_size}")
+    if cfg.resources.device == "cpu" and cfg.model.dtype == "float16":
+        raise ConfigError("model.dtype", "float16 is not supported on CPU; use float32 or bfloat16")
+    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_trainer <= 0:
+        raise ConfigError("resources.gpus_per_trainer", "resources.device=cuda needs gpus_per_trainer > 0")
+    if not cfg.reward.fns and a.name != "sft":
+        raise ConfigError("reward.fns", "at least one reward function is needed")
+    for i, fn in enumerate(cfg.reward.fns):
+        if ":" not in fn.fn and "." not in fn.fn:
+            raise ConfigError(f"reward.fns[{i}].fn",
+                              f"{fn.fn!r} is neither 'path/to/file.py:function' nor 'package.module.function'")
+
+    samples = d.prompts_per_step * (1 if a.name == "sft" else a.group_size)
+    if samples % a.minibatches:
+        raise ConfigError("algorithm.minibatches",
+                          f"{samples} samples per step do not split into {a.minibatches} minibatches")
+    minibatch = samples // a.minibatches
+    if minibatch % t.world_size:
+        raise ConfigError("trainer.world_size",
+                          f"a minibatch of {minibatch} samples does not split over {t.world_size} ranks")
+    per_rank = minibatch // t.world_size
+    micro = min(t.micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise ConfigError("trainer.micro_batch_size",
+                          f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
+    if a.name != "sft" and a.name not in ADVANTAGES:
+        raise ConfigError("algorithm.name", f"no advantage estimator registered as {a.name!r}")
+    return Plan(
+        samples_per_step=samples,
+        minibatch_size=minibatch,
+        micro_batches_per_minibatch=per_rank // micro,
+        micro_batch_size=micro,
+        use_reference=a.kl_coef > 0,
+        advantage=None if a.name == "sft" else a.name,
+        eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
+        dtype=cfg.model.dtype,
+    )
+
+
+def to_dict(cfg: RootConfig) -> dict:
+    return dataclasses.asdict(cfg)

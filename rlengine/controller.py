@@ -1,0 +1,159 @@
+"""The single driver: one RL step, top to bottom. It calls roles; it never touches a model."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from rlengine.algos.advantages import broadcast_to_tokens, get_advantage
+from rlengine.algos.losses import kl_penalty
+from rlengine.config import Plan, RootConfig
+from rlengine.data import PromptEncoder, PromptLoader, sft_batch
+from rlengine.protocol import Batch
+from rlengine.rewards import RewardManager
+from rlengine.weight_sync import WeightSyncError, compare
+from rlengine.workers.group import WorkerGroup
+
+log = logging.getLogger("rlengine")
+
+
+@dataclass
+class Roles:
+    trainer: WorkerGroup
+    rollout: WorkerGroup
+    reference: WorkerGroup | None = None
+
+
+class Timer:
+    def __init__(self):
+        self.t: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.t[f"timing_s/{name}"] = self.t.get(f"timing_s/{name}", 0.0) + time.perf_counter() - t0
+
+
+def _mean_dicts(ds: list[dict]) -> dict:
+    keys = {k for d in ds for k in d}
+    return {k: sum(d[k] for d in ds if k in d) / sum(1 for d in ds if k in d) for k in keys}
+
+
+def _masked_mean(x_BR: torch.Tensor, mask_BR: torch.Tensor) -> float:
+    return float((x_BR * mask_BR).sum() / mask_BR.sum().clamp(min=1))
+
+
+class Controller:
+    def __init__(self, cfg: RootConfig, plan: Plan, roles: Roles, rewards: RewardManager,
+                 encoder: PromptEncoder, loader: PromptLoader, test_rows: list[dict]):
+        self.cfg, self.plan, self.roles = cfg, plan, roles
+        self.rewards, self.encoder, self.loader, self.test_rows = rewards, encoder, loader, test_rows
+
+    def rl_step(self, step: int) -> dict:
+        cfg, a, timer = self.cfg, self.cfg.algorithm, Timer()
+        with timer("step"):
+            prompts = self._prompts(self.loader.next(), step)
+            with timer("rollout"):
+                batch = self.roles.rollout.map_batch("generate", prompts, a.group_size)  # [B*G, ...]
+                batch = batch.update(group_id=torch.arange(len(prompts)).repeat_interleave(a.group_size))
+            with timer("reward"):
+                scored = self.rewards.score(batch["prompt"], batch["response"], batch["ground_truth"], batch["extra"])
+                batch = batch.update(scores=scored.scores_N)
+            if self.plan.use_reference:
+                with timer("ref"):
+                    batch = batch.union(self.roles.reference.map_batch("log_probs", batch))
+            with timer("old_logp"):
+                batch = batch.union(self.roles.trainer.map_batch("log_probs", batch))
+            with timer("adv"):
+                batch = self._advantages(batch)
+            with timer("update"):
+                train_metrics = _mean_dicts(self.roles.trainer.call_split("update_policy", batch))
+            with timer("sync"):
+                sync_metrics = self.sync_weights()
+        return {**self._batch_metrics(batch, scored), **train_metrics, **sync_metrics, **timer.t,
+                "perf/throughput_tokens_per_s": float(batch["attention_mask"].sum()) / timer.t["timing_s/step"]}
+
+    def sft_step(self, step: int) -> dict:
+        timer = Timer()
+        with timer("step"):
+            batch = sft_batch(self.encoder, self.loader.next())
+            with timer("update"):
+                metrics = _mean_dicts(self.roles.trainer.call_split("update_sft", batch))
+        return {**metrics, **timer.t}
+
+    def _prompts(self, rows: list[dict], step: int) -> Batch:
+        prompts = self.encoder.to_batch(rows)
+        # One sampling seed per prompt, fixed by (seed, step, index): same data, same samples,
+        # however the prompts are split over rollout workers.
+        base = (self.cfg.seed * 1_000_003 + step * 7919) % (2**31)
+        return prompts.update(sample_seed=[base + i for i in range(len(rows))])
+
+    def _advantages(self, batch: Batch) -> Batch:
+        a, mask_BR = self.cfg.algorithm, batch["response_mask"]
+        rewards_N = batch["scores"]
+        if self.plan.use_reference and a.kl_in_reward:
+            # Sequence-level estimators take one scalar per sample: subtract the summed KL penalty.
+            kl_BR = kl_penalty(batch["old_logp"], batch["ref_logp"], a.kl_estimator)
+            rewards_N = rewards_N - a.kl_coef * (kl_BR * mask_BR).sum(-1)
+        fn = get_advantage(self.plan.advantage)
+        kwargs = {"mask_NT": mask_BR} if self.plan.advantage == "reinforce_pp" else {}
+        adv_N = fn(rewards_N, batch["group_id"], **kwargs)
+        old = batch["rollout_logp"] if a.reuse_rollout_logprobs else batch["old_logp"]
+        return batch.update(advantages=broadcast_to_tokens(adv_N, mask_BR), old_logp=old)
+
+    def _batch_metrics(self, batch: Batch, scored) -> dict:
+        mask_BR = batch["response_mask"]
+        scores = batch["scores"]
+        m = {
+            "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
+            "reward/errors": scored.errors, "reward/timeouts": scored.timeouts,
+            "response_length/mean": float(batch["response_length"].mean()),
+            "response_length/max": float(batch["response_length"].max()),
+            # Trainer and vLLM hold the same weights here: a gap means the sync or a kernel is off.
+            "sync/logprob_drift": _masked_mean((batch["rollout_logp"] - batch["old_logp"]).abs(), mask_BR),
+        }
+        if "ref_logp" in batch:
+            m["actor/ref_kl"] = _masked_mean(batch["old_logp"] - batch["ref_logp"], mask_BR)
+        if m["sync/logprob_drift"] > self.cfg.rollout.max_logprob_drift:
+            raise WeightSyncError(
+                f"mean |vLLM logp - trainer logp| = {m['sync/logprob_drift']:.4g} exceeds "
+                f"rollout.max_logprob_drift={self.cfg.rollout.max_logprob_drift}: the rollout engine is not "
+                f"sampling from the trained weights")
+        return m
+
+    def sync_weights(self) -> dict:
+        """Trainer -> every rollout worker, then compare checksums; a mismatch stops the run."""
+        t0 = time.perf_counter()
+        exports = [a.export_weights.remote() for a in self.roles.trainer.actors]  # collective under ZeRO-3
+        buckets_ref = exports[0]
+        loads = [r.load_weights.remote(buckets_ref) for r in self.roles.rollout.actors]
+        ray.get(exports[1:])
+        sent = {name: cs for b in ray.get(self.roles.trainer.actors[0].last_checksums.remote()) for name, cs in b.items()}
+        reports = ray.get(loads)
+        n_bytes = reports[0]["bytes"]
+        for rank, rep in enumerate(reports):
+            res = compare(sent, rep["checksums"], n_bytes)
+            if not res.ok:
+                raise WeightSyncError(
+                    f"weight sync to rollout worker {rank} failed verification: "
+                    f"mismatched {list(res.mismatched)[:5]}, missing {list(res.missing)[:5]}")
+        dt = time.perf_counter() - t0
+        return {"sync/checksum_ok": 1.0, "sync/bytes": float(n_bytes), "sync/gbps": n_bytes / dt / 1e9,
+                "sync/load_s": max(r["load_s"] for r in reports)}
+
+    def evaluate(self) -> dict:
+        """Greedy accuracy on the held-out split: the first reward function's score >= 1 counts as correct."""
+        t0 = time.perf_counter()
+        prompts = self.encoder.to_batch(self.test_rows)
+        out = self.roles.rollout.map_batch("generate", prompts, 1, 0, True, self.plan.eval_max_new_tokens)
+        scored = self.rewards.score(out["prompt"], out["response"], out["ground_truth"], out["extra"])
+        first = scored.per_fn[self.cfg.reward.fns[0].fn]
+        return {"eval/accuracy": float((first >= 1.0 - 1e-6).float().mean()),
+                "eval/reward_mean": float(scored.scores_N.mean()),
+                "eval/response_length": float(out["response_length"].mean()),
+                "eval/n": float(len(out)), "timing_s/eval": time.perf_counter() - t0}

@@ -1,0 +1,173 @@
+"""Prompt datasets: jsonl / parquet files, local HF dataset dirs, hub dataset names, `tiny:` splits.
+
+Rows are dicts with at least `data.prompt_key` and `data.answer_key`; every other field travels
+with the row to the reward functions as `**extra`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from rlengine import tiny
+from rlengine.protocol import Batch
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_rows(path: str, split: str = "train") -> list[dict]:
+    path = tiny.resolve_path(path)
+    if path.endswith(".jsonl") or path.endswith(".json"):
+        rows = []
+        with open(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                row["_source"] = f"{path}:{lineno}"
+                rows.append(row)
+        return rows
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+        for i, row in enumerate(rows):
+            row["_source"] = f"{path}:row {i}"
+        return rows
+    import datasets
+
+    if os.path.isdir(path):
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    else:
+        ds = datasets.load_dataset(path, split=split)
+    return [dict(r, _source=f"{path}[{split}]:row {i}") for i, r in enumerate(ds)]
+
+
+def check_rows(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    for row in rows:
+        for key in keys:
+            if key not in row or row[key] is None:
+                raise DataError(f"{row.get('_source', path)}: missing field '{key}' "
+                                f"(set data.prompt_key / data.answer_key to the dataset's column names)")
+
+
+@dataclass
+class PromptEncoder:
+    tokenizer: object
+    prompt_key: str
+    answer_key: str
+    chat_template: bool
+    system_prompt: str | None
+    max_prompt_tokens: int
+
+    def encode(self, row: dict) -> list[int]:
+        text = row[self.prompt_key]
+        if self.chat_template:
+            msgs = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            msgs.append({"role": "user", "content": text})
+            ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) > self.max_prompt_tokens:
+            # Keep the end: it holds the question and the generation prompt.
+            ids = ids[-self.max_prompt_tokens:]
+        return list(ids)
+
+    def to_batch(self, rows: list[dict]) -> Batch:
+        extra_keys = sorted({k for r in rows for k in r} - {self.prompt_key, self.answer_key, "_source"})
+        meta = {
+            "prompt": [r[self.prompt_key] for r in rows],
+            "ground_truth": [r[self.answer_key] for r in rows],
+            "prompt_ids_list": [self.encode(r) for r in rows],
+            "extra": [{k: r.get(k) for k in extra_keys} for r in rows],
+        }
+        return Batch(tensors={"prompt_index": torch.arange(len(rows))}, meta=meta)
+
+
+class PromptLoader:
+    """Endless, seeded, epoch-shuffled batches of prompt rows; position is checkpointable."""
+
+    def __init__(self, rows: list[dict], batch_size: int, seed: int, shuffle: bool = True):
+        if len(rows) < batch_size:
+            raise DataError(f"{len(rows)} training rows is fewer than data.prompts_per_step={batch_size}")
+        self.rows, self.batch_size, self.seed, self.shuffle = rows, batch_size, seed, shuffle
+        self.epoch, self.pos = 0, 0
+        self._order = self._make_order()
+
+    def _make_order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.rows)))
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        return torch.randperm(len(self.rows), generator=g).tolist()
+
+    def next(self) -> list[dict]:
+        if self.pos + self.batch_size > len(self._order):
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._order = self._make_order()
+        idx = self._order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return [self.rows[i] for i in idx]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._make_order()
+
+
+def pack_sequences(prompts: list[list[int]], responses: list[list[int]], logps: list[list[float]] | None,
+                   pad_id: int) -> dict:
+    """[left-padded prompt (P) | right-padded response (R)] with masks and positions.
+
+    The one layout every role reads (see modeling.response_logprobs).
+    """
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    R = max(1, max(len(r) for r in responses))
+    input_ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + R), dtype=torch.long)
+    responses_BR = torch.full((B, R), pad_id, dtype=torch.long)
+    resp_mask = torch.zeros((B, R), dtype=torch.float32)
+    logp_BR = torch.zeros((B, R), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[i, P - len(p):P] = torch.tensor(p)
+        attn[i, P - len(p):P] = 1
+        if r:
+            input_ids[i, P:P + len(r)] = torch.tensor(r)
+            attn[i, P:P + len(r)] = 1
+            responses_BR[i, :len(r)] = torch.tensor(r)
+            resp_mask[i, :len(r)] = 1
+            if logps is not None:
+                logp_BR[i, :len(r)] = torch.tensor(logps[i], dtype=torch.float32)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    out = {"input_ids": input_ids, "attention_mask": attn, "position_ids": position_ids,
+           "responses": responses_BR, "response_mask": resp_mask, "response_length": resp_mask.sum(-1)}
+    if logps is not None:
+        out["rollout_logp"] = logp_BR
+    return out
+
+
+def sft_batch(encoder: PromptEncoder, rows: list[dict], completion_key: str = "completion") -> Batch:
+    """Prompt + target completion (+ EOS) in the rollout layout; the loss covers the completion."""
+    tok = encoder.tokenizer
+    prompts = [encoder.encode(r) for r in rows]
+    comps = [tok(r.get(completion_key) or (" " + str(r[encoder.answer_key])), add_special_tokens=False).input_ids
+             + [tok.eos_token_id] for r in rows]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return Batch(tensors=pack_sequences(prompts, comps, None, pad))

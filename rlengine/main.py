@@ -1,0 +1,166 @@
+"""Entry point: python -m rlengine.main recipe=NAME [key=value ...]
+
+Recipes are YAML files in recipes/ composed by Hydra over the schema in rlengine/config.py; every
+key can be overridden on the command line with Hydra's override grammar.  The config is checked
+completely (keys, types, combinations) before Ray or any actor starts.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from rlengine.config import ConfigError, Plan, RootConfig, validate
+
+USAGE = """usage: python -m rlengine.main [recipe=NAME] [key=value ...] [--cfg] [--help]
+
+  recipe=NAME   a recipe in recipes/ (default grpo_tiny); available: {recipes}
+  key=value     override any key, e.g. trainer.total_steps=10 algorithm.group_size=4
+  --cfg         print the composed, validated config and exit
+"""
+
+
+def recipes_dir() -> Path:
+    """recipes/ in the working directory if present (users' own recipes), else the project's."""
+    env = os.environ.get("RLENGINE_RECIPES")
+    for cand in (Path(env) if env else None, Path.cwd() / "recipes", Path(__file__).resolve().parent.parent / "recipes"):
+        if cand is not None and cand.is_dir() and any(cand.glob("*.yaml")):
+            return cand.resolve()
+    raise FileNotFoundError("no recipes/ directory found (set RLENGINE_RECIPES)")
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from omegaconf import OmegaConf
+
+    # The dataclasses are frozen (configs are never mutated after validation); OmegaConf turns that
+    # into read-only nodes, which would also refuse the recipe's own values while composing.
+    node = OmegaConf.structured(RootConfig)
+    _writable(node)
+    ConfigStore.instance().store(name="rlengine_schema", node=node)
+
+
+def _writable(node) -> None:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    OmegaConf.set_readonly(node, None)
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                _writable(child)
+
+
+def _locate(key: str, recipe_file: Path) -> str | None:
+    """file:line of `key` (dotted) in the recipe YAML, when it is written there."""
+    import yaml
+
+    if not recipe_file.exists():
+        return None
+    try:
+        node = yaml.compose(recipe_file.read_text())
+    except yaml.YAMLError:
+        return None
+    for part in key.split("."):
+        part = re.sub(r"\[\d+\]$", "", part)
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        match = [v for k, v in node.value if k.value == part]
+        if not match:
+            return None
+        key_node = next(k for k, v in node.value if k.value == part)
+        node = match[0]
+    return f"{recipe_file}:{key_node.start_mark.line + 1}"
+
+
+def _key_from_error(msg: str) -> str | None:
+    for pat in (r"full_key:\s*(\S+)", r"Could not override '([^']+)'", r"override '?([\w.\[\]]+)'?\s*=?",
+                r"Key '([^']+)' not in"):
+        m = re.search(pat, msg)
+        if m:
+            return m.group(1)
+    return None
+
+
+def load_config(recipe: str, overrides: list[str]) -> tuple[RootConfig, Plan]:
+    """Compose recipe + overrides, convert to the frozen schema, validate. Raises ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    _register_schema()
+    rdir = recipes_dir()
+    recipe_file = rdir / f"{recipe}.yaml"
+    if not recipe_file.exists():
+        names = sorted(p.stem for p in rdir.glob("*.yaml"))
+        raise ConfigError("recipe", f"no recipe {recipe!r} in {rdir}; available: {names}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(rdir), version_base=None):
+            cfg = compose(config_name=recipe, overrides=[*overrides, f"recipe={recipe}"])
+        obj = OmegaConf.to_object(cfg)
+    except Exception as e:  # Hydra / OmegaConf: unknown key, bad type, bad override syntax
+        parts = [str(e)] + ([str(e.__cause__)] if e.__cause__ else [])
+        msg = "\n".join(parts)
+        key = _key_from_error(msg) or "?"
+        detail = [ln.strip() for ln in msg.splitlines()
+                  if ln.strip() and not re.match(r"(full_key|reference_type|object_type|To append|See https)", ln.strip())]
+        where = _locate(key, recipe_file) if not any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides) \
+            else "command-line override"
+        raise ConfigError(key, " ".join(detail) or type(e).__name__, where) from None
+    finally:
+        GlobalHydra.instance().clear()
+    if not isinstance(obj, RootConfig):
+        raise ConfigError("defaults", f"{recipe_file} must list `rlengine_schema` in its defaults")
+    try:
+        plan = validate(obj)
+    except ConfigError as e:
+        if e.where is None:
+            where = "command-line override" if any(o.split("=", 1)[0].lstrip("+~") == e.key for o in overrides) \
+                else _locate(e.key, recipe_file)
+            raise ConfigError(e.key, str(e).split(": ", 1)[1], where) from None
+        raise
+    return obj, plan
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str], set[str]]:
+    recipe, overrides, flags = "grpo_tiny", [], set()
+    for arg in argv:
+        if arg.startswith("--"):
+            flags.add(arg)
+        elif arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    return recipe, overrides, flags
+
+
+def main(argv: list[str] | None = None) -> int:
+    recipe, overrides, flags = parse_argv(sys.argv[1:] if argv is None else argv)
+    if "--help" in flags or "-h" in flags:
+        names = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml")))
+        print(USAGE.format(recipes=names))
+        return 0
+    try:
+        cfg, plan = load_config(recipe, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "--cfg" in flags:
+        import yaml
+
+        from rlengine.config import to_dict
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        print(f"# plan: {plan}")
+        return 0
+    from rlengine.job import run
+
+    run(cfg, plan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Model-side helpers shared by the trainer and the reference roles (no Ray, no vLLM)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rlengine.algos.losses import entropy_from_logits, logprobs_from_logits
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def set_threads(n: int) -> None:
+    """Pin intra-op threads; Ray actors otherwise inherit OMP_NUM_THREADS=1."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
+def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probs of the response tokens under `model`.
+
+    Layout (from the rollout role): input_ids_BL = [left-padded prompt (P) | right-padded response (R)],
+    so the logits at columns P-1 .. P+R-2 predict the response tokens at P .. P+R-1.
+    Logits are divided by the sampling temperature so these match vLLM's processed log-probs.
+    Returns logp_BR (and entropy_BR when asked).
+    """
+    input_ids_BL = batch["input_ids"]
+    P = input_ids_BL.shape[1] - batch["responses"].shape[1]
+    out = model(input_ids=input_ids_BL, attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=False)
+    logits_BRV = out.logits[:, P - 1:-1].float()
+    if temperature != 1.0:
+        logits_BRV = logits_BRV / temperature
+    logp_BR = logprobs_from_logits(logits_BRV, batch["responses"])
+    if not with_entropy:
+        return logp_BR
+    return logp_BR, entropy_from_logits(logits_BRV)
+
+
+def load_causal_lm(path: str, dtype: str, attn_implementation: str, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code)

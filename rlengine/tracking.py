@@ -1,0 +1,109 @@
+"""Where metrics go: a progress bar and one line per step on the console, the run log,
+tensorboard, wandb (when `tracking.wandb=true`), a metrics.jsonl history and summary.json."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("rlengine")
+
+# The short names shown in the per-step console line, in this order.
+CONSOLE_KEYS = ("reward/mean", "eval/accuracy", "actor/pg_loss", "actor/kl", "actor/entropy", "actor/clip_frac",
+                "actor/grad_norm", "sft/loss", "response_length/mean", "sync/logprob_drift", "timing_s/step")
+
+
+def setup_logging(run_dir: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        if getattr(h, "_rlengine", False):
+            root.removeHandler(h)
+    fh = logging.FileHandler(run_dir / "run.log")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    for h in (fh, sh):
+        h._rlengine = True
+        root.addHandler(h)
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float) and (abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3)):
+        return f"{v:.2e}"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, cfg, total_steps: int, config_dict: dict):
+        self.run_dir, self.cfg = run_dir, cfg
+        self.history: list[dict] = []
+        self._jsonl = open(run_dir / "metrics.jsonl", "a")
+        self._tb = None
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self._wandb = None
+        if cfg.wandb:
+            import wandb
+
+            os.environ.setdefault("WANDB_MODE", cfg.wandb_mode)
+            self._wandb = wandb.init(project=cfg.project, name=cfg.experiment or run_dir.name,
+                                     dir=str(run_dir), config=config_dict, mode=cfg.wandb_mode)
+        self._bar = None
+        if cfg.progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, desc="steps", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        bad = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not math.isfinite(float(v)))
+        if bad:
+            log.warning("step %d: non-finite metrics %s", step, bad)
+        rec = {"step": step, "time": time.time(), **clean}
+        self.history.append(rec)
+        self._jsonl.write(json.dumps(rec) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+        line = " ".join(f"{k.split('/', 1)[-1] if k != 'reward/mean' else 'reward'}={_fmt(clean[k])}"
+                        for k in CONSOLE_KEYS if k in clean)
+        msg = f"step {step}: {line}"
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+            if advance:
+                self._bar.update(1)
+            self._bar.set_postfix_str(line[:60])
+        else:
+            print(msg, file=sys.stderr, flush=True)
+        with open(self.run_dir / "run.log", "a") as f:
+            f.write(msg + "\n")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._jsonl.close()
+
+
+def write_summary(run_dir: Path, summary: dict) -> Path:
+    """summary.json: the stable, machine-readable result of a run (see README for the keys)."""
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,259 @@
+"""Policy training role: one DeepSpeed (ZeRO-3) rank per actor.
+
+The class is plain Python: `TrainerWorker` runs without Ray (a GPU check or a notebook builds it
+directly), and `workers.group` wraps it in a Ray actor.  Every public method that touches
+parameters is collective under ZeRO-3: the WorkerGroup calls it on all ranks at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+
+import torch
+
+from rlengine.algos import losses as L
+from rlengine.config import Plan, RootConfig
+from rlengine.modeling import DTYPES, load_causal_lm, response_logprobs, set_threads
+from rlengine.protocol import Batch
+from rlengine.weight_sync import BUCKET_BYTES, bucketize, checksum
+
+
+def deepspeed_config(cfg: RootConfig, plan: Plan) -> dict:
+    t = cfg.trainer
+    return {
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.micro_batches_per_minibatch,
+        "train_batch_size": plan.micro_batch_size * plan.micro_batches_per_minibatch * t.world_size,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": {
+            "stage": t.zero_stage,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            # Tensors smaller than this stay replicated; the tiny model's norms and biases do.
+            "stage3_param_persistence_threshold": 10_000,
+        },
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _lr_lambda(cfg: RootConfig):
+    t = cfg.trainer
+
+    def f(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.lr_schedule == "cosine":
+            frac = (step - t.warmup_steps) / max(1, t.total_steps - t.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return 1.0
+
+    return f
+
+
+class TrainerWorker:
+    def __init__(self, cfg: RootConfig, plan: Plan, model_path: str, rank: int, world_size: int,
+                 master_addr: str, master_port: int):
+        self.cfg, self.plan, self.rank, self.world_size = cfg, plan, rank, world_size
+        on_gpu = cfg.resources.device == "cuda"
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK="0" if not on_gpu else os.environ.get("LOCAL_RANK", "0"))
+        if not on_gpu:
+            set_threads(cfg.trainer.cpu_threads)
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False,
+                                   verbose=False)
+        torch.manual_seed(cfg.seed)
+        self.ds_config = deepspeed_config(cfg, plan)
+        # Must stay alive while the model is built: from_pretrained then constructs under zero.Init
+        # and every rank materialises only its own partition.
+        self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.trainer.zero_stage == 3 else None
+        model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.attn_implementation,
+                               cfg.model.trust_remote_code)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        t = cfg.trainer
+        optim = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optim, lr_scheduler=sched, config=self.ds_config)
+        self.device = self.engine.device
+        self.optimizer_steps = 0
+
+    @property
+    def module(self):
+        return self.engine.module
+
+    def _global_sum(self, x: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return float(t.item())
+
+    @torch.no_grad()
+    def log_probs(self, batch: Batch, micro_batch_size: int | None = None) -> Batch:
+        """Old log-probs [B, R] of this rank's shard (collective: every rank calls it)."""
+        self.engine.eval()
+        mb = micro_batch_size or self.plan.micro_batch_size
+        outs = [response_logprobs(self.engine, m.to(self.device), self.cfg.rollout.temperature).cpu()
+                for m in batch.chunk_by_size(mb)]
+        return Batch(tensors={"old_logp": torch.cat(outs)})
+
+    def _normaliser(self, mb: Batch) -> float:
+        """The loss normaliser over the *global* minibatch, so that micro-batches and ranks add up."""
+        mode = self.cfg.algorithm.loss_agg
+        if mode == "token-mean":
+            return self._global_sum(float(mb["response_mask"].sum()))
+        n_seq = self._global_sum(float(len(mb)))
+        if mode == "seq-mean-token-sum-norm":
+            return n_seq * self.cfg.rollout.max_new_tokens
+        return n_seq
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        # The loss is already normalised over the global minibatch: undo DeepSpeed's division by
+        # the accumulation steps and by the data-parallel world size (gradients are averaged).
+        self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        self.engine.step()
+
+    def update_policy(self, batch: Batch) -> dict:
+        """ppo_epochs x minibatches optimizer steps on this rank's shard; returns mean metrics."""
+        a = self.cfg.algorithm
+        self.engine.train()
+        sums: dict[str, float] = {}
+        count = 0
+        gen = torch.Generator().manual_seed(self.cfg.seed + self.optimizer_steps)
+        for _ in range(a.ppo_epochs):
+            perm = torch.randperm(len(batch), generator=gen)
+            for mb in batch.index(perm).split(a.minibatches):
+                norm = self._normaliser(mb)
+                for micro in mb.chunk_by_size(self.plan.micro_batch_size):
+                    m = self._micro_step(micro.to(self.device), norm)
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                self.optimizer_steps += 1
+                grad_norm = self.engine.get_global_grad_norm()
+                sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm or 0.0) * (
+                    self.plan.micro_batches_per_minibatch)
+        metrics = {k: v / count for k, v in sums.items()}
+        # Summed per micro-batch with a global normaliser: these add up to the minibatch value.
+        for k in ("actor/pg_loss", "actor/kl_loss"):
+            if k in metrics:
+                metrics[k] *= self.plan.micro_batches_per_minibatch * self.world_size
+        metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def _micro_step(self, micro: Batch, norm: float) -> dict:
+        a = self.cfg.algorithm
+        mask_BR = micro["response_mask"]
+        logp_BR, ent_BR = response_logprobs(self.engine, micro, self.cfg.rollout.temperature, with_entropy=True)
+        adv_BR = micro["advantages"]  # [B, R], zero outside the response mask
+        pg_loss, pg_m = L.policy_loss_clip(logp_BR, micro["old_logp"], adv_BR, mask_BR,
+                                           clip_low=a.clip_low, clip_high=a.clip_high, dual_clip_c=a.dual_clip,
+                                           agg_mode=a.loss_agg, normaliser=norm)
+        loss = pg_loss
+        out = {"actor/pg_loss": float(pg_loss)}
+        if "ref_logp" in micro:
+            kl_BR = L.kl_penalty(logp_BR, micro["ref_logp"], a.kl_estimator)
+            kl_loss = L.agg_loss(kl_BR, mask_BR, a.loss_agg, normaliser=norm)
+            if not a.kl_in_reward:
+                loss = loss + a.kl_coef * kl_loss
+            out["actor/kl_loss"] = float(kl_loss)
+            out["actor/kl"] = float((kl_BR.detach() * mask_BR).sum() / mask_BR.sum().clamp(min=1))
+        if a.entropy_coef:
+            loss = loss - a.entropy_coef * L.agg_loss(ent_BR, mask_BR, a.loss_agg, normaliser=norm)
+        self._backward(loss)
+        n = mask_BR.sum().clamp(min=1)
+        out["actor/entropy"] = float((ent_BR.detach() * mask_BR).sum() / n)
+        out["actor/clip_frac"] = float(pg_m["clip_frac"])
+        out["actor/approx_kl"] = float(pg_m["approx_kl"])
+        return out
+
+    def update_sft(self, batch: Batch) -> dict:
+        """One optimizer step of SFT: -log p(completion | prompt), token-mean over the global batch."""
+        self.engine.train()
+        norm = self._global_sum(float(batch["response_mask"].sum()))
+        total = 0.0
+        for micro in batch.chunk_by_size(self.plan.micro_batch_size):
+            micro = micro.to(self.device)
+            logp_BR = response_logprobs(self.engine, micro)
+            loss = L.sft_loss(logp_BR, micro["response_mask"], agg_mode="token-mean", normaliser=norm)
+            self._backward(loss)
+            total += float(loss)
+        self.optimizer_steps += 1
+        return {"sft/loss": self._global_sum(total), "actor/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
+                "actor/lr": self.scheduler.get_last_lr()[0]}
+
+    def _gathered(self, params):
+        if self.cfg.trainer.zero_stage != 3:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    @torch.no_grad()
+    def export_weights(self, bucket_bytes: int = BUCKET_BYTES) -> list[dict] | None:
+        """Full weights, bucket by bucket (collective). Rank 0 returns
+        [{"tensors": [(name, cpu_tensor)], "checksums": {...}}]; other ranks return None."""
+        named = list(self.module.named_parameters())
+        sizes = [(n, p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size())
+                 for n, p in named]
+        params = dict(named)
+        buckets = []
+        for names in bucketize(sizes, bucket_bytes):
+            group = [params[n] for n in names]
+            with self._gathered(group):
+                if self.rank == 0:
+                    tensors = [(n, params[n].detach().to("cpu", copy=True)) for n in names]
+                    buckets.append({"tensors": tensors, "checksums": checksum(tensors)})
+        self._last_checksums = [b["checksums"] for b in buckets]
+        return buckets if self.rank == 0 else None
+
+    def last_checksums(self) -> list[dict]:
+        """Checksums of the buckets the last export_weights sent (rank 0)."""
+        return self._last_checksums
+
+    def save_hf(self, path: str, tokenizer_path: str) -> str | None:
+        """Export a Hugging Face checkpoint (collective; rank 0 writes)."""
+        buckets = self.export_weights()
+        if self.rank != 0:
+            return None
+        from transformers import AutoTokenizer
+
+        state = {n: t.contiguous() for b in buckets for n, t in b["tensors"]}
+        tmp = path.rstrip("/") + ".tmp"
+        self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
+        if os.path.exists(path):
+            import shutil
+
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    def save_checkpoint(self, path: str, tag: str) -> None:
+        """Sharded engine state (model, optimizer, scheduler) per rank, for resume."""
+        self.engine.save_checkpoint(path, tag=tag)
+
+    def shard_info(self) -> dict:
+        """Per-parameter local partition sizes: shows how ZeRO-3 split the model across ranks."""
+        info = {}
+        for n, p in self.module.named_parameters():
+            local = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+            full = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+            info[n] = (local, full)
+        return info
+
+    def dtype(self) -> str:
+        return str(DTYPES[self.cfg.model.dtype])

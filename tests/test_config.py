@@ -1,0 +1,368 @@
+"""Config schema, recipe composition, validation rules and the command-line entry point.
+
+Nothing here starts Ray, vLLM or DeepSpeed: load_config only composes + validates, and the
+placement helpers used are pure functions over the config.
+"""
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlengine.config import ConfigError, Plan, RootConfig, validate
+from rlengine.main import load_config, main, parse_argv
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+RECIPE_NAMES = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _project_recipes(monkeypatch):
+    # Independent of the cwd pytest was started from.
+    monkeypatch.setenv("RLENGINE_RECIPES", str(RECIPES))
+
+
+def _err(recipe, overrides) -> ConfigError:
+    with pytest.raises(ConfigError) as ei:
+        load_config(recipe, overrides)
+    return ei.value
+
+
+def _line_of(path: Path, text: str) -> int:
+    """1-based line number of the first line equal to `text`."""
+    lines = path.read_text().splitlines()
+    return lines.index(text) + 1
+
+
+# ---------------------------------------------------------------- recipes compose
+
+def test_project_has_the_three_recipes():
+    assert {"grpo_tiny", "sft_tiny", "grpo_qwen_math"} <= set(RECIPE_NAMES)
+
+
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_every_recipe_composes_and_validates(name):
+    cfg, plan = load_config(name, [])
+    assert isinstance(cfg, RootConfig)
+    assert isinstance(plan, Plan)
+    assert cfg.recipe == name
+    # validate is a pure function of the config: running it again gives the same plan.
+    assert validate(cfg) == plan
+
+
+def test_grpo_tiny_plan_by_hand():
+    cfg, plan = load_config("grpo_tiny", [])
+    # 32 prompts x 8 samples, 1 minibatch, 1 rank, micro_batch_size 256
+    assert plan == Plan(samples_per_step=256, minibatch_size=256, micro_batches_per_minibatch=1,
+                        micro_batch_size=256, use_reference=True, advantage="grpo",
+                        eval_max_new_tokens=8, dtype="float32")
+    assert cfg.model.path == "tiny:sft"
+    assert cfg.resources.device == "cpu"
+
+
+def test_sft_tiny_plan_by_hand():
+    cfg, plan = load_config("sft_tiny", [])
+    # sft: one sample per prompt; kl_coef defaults to 0 -> no reference
+    assert plan == Plan(samples_per_step=64, minibatch_size=64, micro_batches_per_minibatch=1,
+                        micro_batch_size=64, use_reference=False, advantage=None,
+                        eval_max_new_tokens=8, dtype="float32")
+    assert cfg.model.path == "tiny:base"
+
+
+def test_overrides_are_applied_and_typed():
+    cfg, plan = load_config("grpo_tiny", ["trainer.lr=3e-4", "algorithm.group_size=4",
+                                          "trainer.micro_batch_size=32", "eval.max_new_tokens=5"])
+    assert cfg.trainer.lr == 3e-4 and isinstance(cfg.trainer.lr, float)
+    assert cfg.algorithm.group_size == 4
+    # 32 prompts x 4 = 128 samples; 128 per rank / 32 = 4 micro batches
+    assert (plan.samples_per_step, plan.minibatch_size, plan.micro_batch_size,
+            plan.micro_batches_per_minibatch, plan.eval_max_new_tokens) == (128, 128, 32, 4, 5)
+
+
+def test_reward_fns_are_dataclasses_after_composition():
+    from rlengine.config import RewardFnConfig
+
+    cfg, _ = load_config("grpo_tiny", [])
+    assert cfg.reward.fns == [RewardFnConfig(fn="reward_fns/math.py:compute_score", weight=1.0, kwargs={})]
+
+
+def test_reward_fn_list_element_can_be_overridden():
+    # DESIGN: "Any key is overridable on the command line", list elements included.
+    cfg, _ = load_config("grpo_tiny", ["reward.fns.0.weight=2.0"])
+    assert cfg.reward.fns[0].weight == 2.0
+
+
+def test_config_is_frozen():
+    cfg, plan = load_config("grpo_tiny", [])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.trainer.lr = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.algorithm = None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.samples_per_step = 1
+    assert cfg.trainer.lr == 2.0e-4 and cfg.seed == 1
+
+
+# ---------------------------------------------------------------- bad keys and types
+
+def test_unknown_override_key_names_the_key():
+    e = _err("grpo_tiny", ["algorithm.group_sise=4"])
+    assert e.key == "algorithm.group_sise"
+    assert e.where == "command-line override"
+    assert "algorithm.group_sise" in str(e)
+    assert "command-line override" in str(e)
+
+
+def test_unknown_top_level_override_key():
+    e = _err("grpo_tiny", ["sed=1"])
+    assert e.key == "sed"
+    assert "command-line override" in str(e)
+
+
+def test_wrong_type_override():
+    e = _err("grpo_tiny", ["trainer.lr=abc"])
+    assert e.key == "trainer.lr"
+    assert e.where == "command-line override"
+    assert "abc" in str(e)
+
+
+def test_wrong_type_int_override():
+    e = _err("grpo_tiny", ["algorithm.group_size=abc"])
+    assert e.key == "algorithm.group_size"
+    assert "command-line override" in str(e)
+
+
+def test_unknown_recipe_lists_available():
+    e = _err("no_such_recipe", [])
+    assert e.key == "recipe"
+    assert "no_such_recipe" in str(e)
+    for name in RECIPE_NAMES:
+        assert name in str(e)
+
+
+# ---------------------------------------------------------------- impossible combinations
+
+@pytest.mark.parametrize("overrides, key, fragment", [
+    (["algorithm.group_size=1"], "algorithm.group_size", "group_size must be >= 2, got 1"),
+    (["algorithm.name=rloo", "algorithm.group_size=1"], "algorithm.group_size", "got 1"),
+    (["algorithm.name=dr_grpo", "algorithm.group_size=1"], "algorithm.group_size", "got 1"),
+    # 32 * 8 = 256 samples; 256 % 3 != 0
+    (["algorithm.minibatches=3"], "algorithm.minibatches", "256 samples per step do not split into 3"),
+    (["algorithm.dual_clip=1.0"], "algorithm.dual_clip", "> 1"),
+    (["algorithm.dual_clip=0.5"], "algorithm.dual_clip", "> 1"),
+    # minibatch of 256 over 3 ranks
+    (["trainer.world_size=3"], "trainer.world_size", "256 samples does not split over 3 ranks"),
+    # 256 per rank is not a multiple of 100
+    (["trainer.micro_batch_size=100"], "trainer.micro_batch_size", "256 samples per rank"),
+    (["rollout.top_p=1.5"], "rollout.top_p", "(0, 1]"),
+    (["rollout.top_p=0"], "rollout.top_p", "(0, 1]"),
+    (["rollout.top_p=-0.1"], "rollout.top_p", "(0, 1]"),
+    (["algorithm.name=ppo"], "algorithm.name", "'ppo'"),
+    (["model.dtype=float16"], "model.dtype", "CPU"),
+    (["resources.device=cuda"], "resources.gpus_per_trainer", "gpus_per_trainer > 0"),
+    (["trainer.lr=0"], "trainer.lr", "> 0"),
+    (["rollout.temperature=-1"], "rollout.temperature", ">= 0"),
+    (["reward.fns=[]"], "reward.fns", "at least one"),
+    (["reward.fns=[{fn: compute_score}]"], "reward.fns[0].fn", "neither"),
+])
+def test_impossible_combinations(overrides, key, fragment):
+    e = _err("grpo_tiny", overrides)
+    assert e.key == key
+    assert fragment in str(e)
+    # The message says where the value came from.
+    if key == overrides[-1].split("=", 1)[0]:
+        assert e.where == "command-line override"
+
+
+def test_valid_edge_values_pass():
+    # Boundaries that must be accepted: top_p == 1, dual_clip just above 1, group_size 1 for
+    # reinforce_pp (not group-normalised), sft ignores group_size.
+    load_config("grpo_tiny", ["rollout.top_p=1.0", "algorithm.dual_clip=1.01"])
+    load_config("grpo_tiny", ["algorithm.name=reinforce_pp", "algorithm.group_size=1"])
+    _, plan = load_config("sft_tiny", ["algorithm.group_size=1"])
+    assert plan.samples_per_step == 64
+
+
+def test_combination_error_points_at_recipe_line(tmp_path, monkeypatch):
+    # The override changes prompts_per_step, but the rule that fails is on world_size, which
+    # the recipe sets: the error names the key and its file:line.
+    # grpo_qwen_math: 3 prompts * 8 = 24 samples, 4 minibatches -> 6, world_size 4 -> error.
+    e = _err("grpo_qwen_math", ["data.prompts_per_step=3"])
+    assert e.key == "trainer.world_size"
+    assert "6 samples does not split over 4 ranks" in str(e)
+    recipe = RECIPES / "grpo_qwen_math.yaml"
+    assert e.where == f"{recipe}:{_line_of(recipe, '  world_size: 4')}"
+
+
+# ---------------------------------------------------------------- errors inside a recipe file
+
+def _broken_recipes(tmp_path, monkeypatch, old: str, new: str) -> Path:
+    src = (RECIPES / "grpo_tiny.yaml").read_text()
+    assert old in src.splitlines(), f"grpo_tiny.yaml no longer has the line {old!r}"
+    d = tmp_path / "recipes"
+    d.mkdir()
+    f = d / "grpo_tiny.yaml"
+    f.write_text("\n".join(new if ln == old else ln for ln in src.splitlines()) + "\n")
+    monkeypatch.setenv("RLENGINE_RECIPES", str(d))
+    return f
+
+
+def test_bad_key_in_recipe_file_reports_file_line(tmp_path, monkeypatch):
+    f = _broken_recipes(tmp_path, monkeypatch, "  group_size: 8", "  group_sise: 8")
+    e = _err("grpo_tiny", [])
+    assert e.key == "algorithm.group_sise"
+    line = _line_of(f, "  group_sise: 8")
+    assert e.where == f"{f.resolve()}:{line}"
+    assert f"grpo_tiny.yaml:{line}" in str(e)
+
+
+def test_bad_type_in_recipe_file_reports_file_line(tmp_path, monkeypatch):
+    f = _broken_recipes(tmp_path, monkeypatch, "  lr: 2.0e-4", "  lr: abc")
+    e = _err("grpo_tiny", [])
+    assert e.key == "trainer.lr"
+    assert e.where == f"{f.resolve()}:{_line_of(f, '  lr: abc')}"
+
+
+def test_bad_combination_in_recipe_file_reports_file_line(tmp_path, monkeypatch):
+    f = _broken_recipes(tmp_path, monkeypatch, "  group_size: 8", "  group_size: 1")
+    e = _err("grpo_tiny", [])
+    assert e.key == "algorithm.group_size"
+    assert e.where == f"{f.resolve()}:{_line_of(f, '  group_size: 1')}"
+
+
+def test_bad_key_inside_reward_fn_list_reports_file_line(tmp_path, monkeypatch):
+    f = _broken_recipes(tmp_path, monkeypatch, "      weight: 1.0", "      wieght: 1.0")
+    e = _err("grpo_tiny", [])
+    assert e.key.startswith("reward.fns") and e.key.endswith("wieght")
+    assert e.where == f"{f.resolve()}:{_line_of(f, '      wieght: 1.0')}"
+
+
+def test_override_fixes_what_recipe_file_breaks(tmp_path, monkeypatch):
+    _broken_recipes(tmp_path, monkeypatch, "  group_size: 8", "  group_size: 1")
+    cfg, _ = load_config("grpo_tiny", ["algorithm.group_size=4"])
+    assert cfg.algorithm.group_size == 4
+
+
+# ---------------------------------------------------------------- the GPU recipe and placement
+
+def test_grpo_qwen_math_recipe():
+    cfg, plan = load_config("grpo_qwen_math", [])
+    assert cfg.model.dtype == "bfloat16" and plan.dtype == "bfloat16"
+    assert cfg.resources.device == "cuda"
+    assert cfg.model.path.startswith("Qwen/")
+    # 128 prompts x 8 = 1024 samples; 4 minibatches of 256; 4 ranks -> 64 per rank; micro 16 -> 4
+    assert (plan.samples_per_step, plan.minibatch_size, plan.micro_batch_size,
+            plan.micro_batches_per_minibatch) == (1024, 256, 16, 4)
+    assert plan.use_reference is True
+
+
+def test_grpo_qwen_math_placement_by_hand():
+    from rlengine.placement import PlacementError, check_resources, required, role_specs
+
+    raw = yaml.safe_load((RECIPES / "grpo_qwen_math.yaml").read_text())
+    res, tr, ro, ref = raw["resources"], raw["trainer"], raw["rollout"], raw["reference"]
+    tp = ro.get("tensor_parallel_size", 1)
+    n_actors = tr["world_size"] + ro["num_workers"] + ref["num_workers"]
+    gpus = (tr["world_size"] * res["gpus_per_trainer"]
+            + ro["num_workers"] * res["gpus_per_rollout"] * tp
+            + ref["num_workers"] * res["gpus_per_reference"])
+    cpus = n_actors * res["cpus_per_actor"]
+    assert (gpus, cpus) == (9, 36)  # the recipe as written: 4 + 4 + 1 GPUs, 9 actors x 4 CPUs
+
+    cfg, plan = load_config("grpo_qwen_math", [])
+    specs = role_specs(cfg, plan)
+    assert [(s.name, s.count, s.gpus) for s in specs] == [("trainer", 4, 1.0), ("rollout", 4, 1.0),
+                                                          ("reference", 1, 1.0)]
+    assert required(specs) == {"CPU": cpus, "GPU": gpus}
+
+    with pytest.raises(PlacementError) as ei:
+        check_resources(specs, {"CPU": 2})
+    msg = str(ei.value)
+    assert "CPU: need 36, cluster has 2" in msg
+    assert "GPU: need 9, cluster has 0" in msg
+    check_resources(specs, {"CPU": 36, "GPU": 9})  # exactly enough: no error
+
+
+def test_placement_tensor_parallel_and_no_reference():
+    from rlengine.placement import required, role_specs
+
+    cfg, plan = load_config("grpo_qwen_math", ["rollout.tensor_parallel_size=2", "algorithm.kl_coef=0"])
+    specs = role_specs(cfg, plan)
+    assert [s.name for s in specs] == ["trainer", "rollout"]
+    assert required(specs) == {"CPU": 32.0, "GPU": 4 * 1 + 4 * 1 * 2}
+
+
+def test_tiny_placement_is_cpu_only_and_fits_two_cores():
+    from rlengine.placement import check_resources, required, role_specs
+
+    cfg, plan = load_config("grpo_tiny", [])
+    specs = role_specs(cfg, plan)
+    assert required(specs) == {"CPU": 0.75}  # 3 actors x 0.25, no GPU key at all
+    check_resources(specs, {"CPU": 2})
+
+
+# ---------------------------------------------------------------- command line
+
+def test_parse_argv():
+    assert parse_argv([]) == ("grpo_tiny", [], set())
+    assert parse_argv(["recipe=sft_tiny", "trainer.lr=1", "--cfg", "seed=3"]) == \
+        ("sft_tiny", ["trainer.lr=1", "seed=3"], {"--cfg"})
+
+
+def test_main_cfg_prints_composed_config(capsys):
+    assert main(["recipe=sft_tiny", "trainer.total_steps=7", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    body, _, plan_line = out.rpartition("# plan:")
+    dumped = yaml.safe_load(body)
+    assert dumped["recipe"] == "sft_tiny"
+    assert dumped["trainer"]["total_steps"] == 7
+    assert dumped["algorithm"]["name"] == "sft"
+    assert "samples_per_step=64" in plan_line
+
+
+def test_main_bad_key_returns_2(capsys):
+    assert main(["algorithm.group_sise=4", "--cfg"]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm.group_sise" in err and "command-line override" in err
+
+
+def test_main_help_lists_recipes(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in RECIPE_NAMES:
+        assert name in out
+
+
+def test_main_short_help(capsys):
+    # main() checks for "-h", but parse_argv must route it to the flags for that to work.
+    assert main(["-h"]) == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_main_unknown_flag_is_an_error_not_a_run(monkeypatch, capsys):
+    # A misspelt --cfg must not fall through to starting a job.
+    import rlengine.job
+
+    calls = []
+    monkeypatch.setattr(rlengine.job, "run", lambda cfg, plan: calls.append(cfg))
+    rc = main(["--cgf"])
+    assert calls == []
+    assert rc == 2
+    assert "--cgf" in capsys.readouterr().err
+
+
+def test_cli_subprocess_bad_key_exits_2_fast():
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "rlengine.main", "algorithm.group_sise=4"],
+                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - t0
+    assert p.returncode == 2, p.stderr
+    assert "algorithm.group_sise" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert elapsed < 10, f"took {elapsed:.1f}s"
