@@ -111,25 +111,25 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    # Everything that can be checked without Ray is checked before it starts: reward functions, data.
+    rewards = RewardManager(cfg.reward)
+    d = cfg.data
+    train_rows, test_rows = load_rows(d.train_path, d.train_split), load_rows(d.test_path, d.test_split)
+    check_rows(train_rows, (d.prompt_key, d.answer_key), d.train_path)
+    check_rows(test_rows, (d.prompt_key, d.answer_key), d.test_path)
+    if d.max_test_rows:
+        test_rows = test_rows[:d.max_test_rows]
+    loader = PromptLoader(train_rows, d.prompts_per_step, cfg.seed, d.shuffle)
     own_ray = start_ray(cfg)
-    roles = pg = rewards = tracker = None
+    roles = pg = tracker = None
     try:
         model_path, tok_path = resolve_model(cfg)
         setup_logging(run_dir)  # a nested tiny:sft build pointed the log elsewhere
-        log.info("run %s: recipe=%s model=%s run_dir=%s", cfg.recipe, cfg.recipe, model_path, run_dir)
+        log.info("run %s: model=%s run_dir=%s", cfg.recipe, model_path, run_dir)
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tok_path)
-        d = cfg.data
-        train_rows, test_rows = load_rows(d.train_path, d.train_split), load_rows(d.test_path, d.test_split)
-        check_rows(train_rows, (d.prompt_key, d.answer_key), d.train_path)
-        check_rows(test_rows, (d.prompt_key, d.answer_key), d.test_path)
-        if d.max_test_rows:
-            test_rows = test_rows[:d.max_test_rows]
-        encoder = PromptEncoder(tokenizer, d.prompt_key, d.answer_key, d.chat_template, d.system_prompt,
-                                d.max_prompt_tokens)
-        loader = PromptLoader(train_rows, d.prompts_per_step, cfg.seed, d.shuffle)
-        rewards = RewardManager(cfg.reward)
+        encoder = PromptEncoder(AutoTokenizer.from_pretrained(tok_path), d.prompt_key, d.answer_key,
+                                d.chat_template, d.system_prompt, d.max_prompt_tokens)
         t0 = time.time()
         roles, pg = build_roles(cfg, plan, model_path, tok_path)
         log.info("roles up in %.1fs; placement: %s", time.time() - t0,
@@ -146,8 +146,7 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
     finally:
         if tracker is not None:
             tracker.close()
-        if rewards is not None:
-            rewards.close()
+        rewards.close()
         if roles is not None:
             for g in (roles.rollout, roles.reference, roles.trainer):
                 if g is not None:

@@ -156,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         print(f"# plan: {plan}")
         return 0
+    from rlengine.data import DataError
     from rlengine.job import run
 
-    run(cfg, plan)
+    try:
+        run(cfg, plan)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

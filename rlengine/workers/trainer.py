@@ -220,6 +220,15 @@ class TrainerWorker:
         self._last_checksums = [b["checksums"] for b in buckets]
         return buckets if self.rank == 0 else None
 
+    @torch.no_grad()
+    def gathered_checksums(self) -> dict:
+        """Checksums of the full (gathered) weights as this rank sees them (collective)."""
+        out = {}
+        for n, p in self.module.named_parameters():
+            with self._gathered([p]):
+                out.update(checksum([(n, p)]))
+        return out
+
     def last_checksums(self) -> list[dict]:
         """Checksums of the buckets the last export_weights sent (rank 0)."""
         return self._last_checksums

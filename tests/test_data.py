@@ -1,0 +1,218 @@
+"""rlengine/data.py: row loading and checking, the seeded prompt loader, the packed layout."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlengine.data import (DataError, PromptEncoder, PromptLoader, check_rows, load_rows,
+                           pack_sequences, sft_batch)
+
+
+# ---------------------------------------------------------------- load_rows / check_rows
+
+def test_load_rows_jsonl_with_source(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"prompt": "a", "answer": "1"}\n\n{"prompt": "b", "answer": "2", "x": 5}\n')
+    rows = load_rows(str(p))
+    assert rows == [{"prompt": "a", "answer": "1", "_source": f"{p}:1"},
+                    {"prompt": "b", "answer": "2", "x": 5, "_source": f"{p}:3"}]
+
+
+def test_load_rows_bad_line_reports_path_and_lineno(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    # line 1 ok, line 2 blank (skipped but counted), line 3 broken
+    p.write_text('{"prompt": "a", "answer": "1"}\n\n{"prompt": "b", "answer": \n{"prompt": "c"}\n')
+    with pytest.raises(DataError, match=rf"{p}:3: not valid JSON"):
+        load_rows(str(p))
+
+
+def test_load_rows_non_object_line(tmp_path):
+    p = tmp_path / "list.jsonl"
+    p.write_text('{"prompt": "a", "answer": "1"}\n[1, 2]\n')
+    with pytest.raises(DataError, match=rf"{p}:2: expected a JSON object, got list"):
+        load_rows(str(p))
+
+
+def test_check_rows_names_missing_field_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "a", "answer": "1"},
+        {"prompt": "b", "answer": "2"},
+        {"prompt": "c", "solution": "3"},
+    ]) + "\n")
+    rows = load_rows(str(p))
+    check_rows(rows[:2], ("prompt", "answer"), str(p))  # fine
+    with pytest.raises(DataError) as ei:
+        check_rows(rows, ("prompt", "answer"), str(p))
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}:3: missing field 'answer'")
+    assert "data.answer_key" in msg
+
+
+def test_check_rows_none_counts_as_missing_and_empty_is_an_error():
+    rows = [{"prompt": None, "answer": "1", "_source": "x.jsonl:7"}]
+    with pytest.raises(DataError, match=r"^x\.jsonl:7: missing field 'prompt'"):
+        check_rows(rows, ("prompt", "answer"), "x.jsonl")
+    with pytest.raises(DataError, match="no rows"):
+        check_rows([], ("prompt",), "empty.jsonl")
+
+
+# ---------------------------------------------------------------- PromptLoader
+
+def _rows(n):
+    return [{"prompt": f"p{i}", "answer": str(i), "i": i} for i in range(n)]
+
+
+def _ids(batch):
+    return [r["i"] for r in batch]
+
+
+def test_loader_deterministic_per_seed():
+    a = PromptLoader(_rows(12), 4, seed=7)
+    b = PromptLoader(_rows(12), 4, seed=7)
+    c = PromptLoader(_rows(12), 4, seed=8)
+    seq_a = [_ids(a.next()) for _ in range(9)]
+    seq_b = [_ids(b.next()) for _ in range(9)]
+    seq_c = [_ids(c.next()) for _ in range(9)]
+    assert seq_a == seq_b
+    assert seq_a != seq_c
+    assert seq_a[:3] != [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # shuffled
+
+
+def test_loader_covers_each_row_once_per_epoch():
+    loader = PromptLoader(_rows(12), 4, seed=3)
+    epochs = []
+    for _ in range(3):
+        ids = [i for _ in range(3) for i in _ids(loader.next())]
+        assert sorted(ids) == list(range(12))
+        epochs.append(ids)
+    assert loader.state_dict() == {"epoch": 2, "pos": 12}
+    # reshuffled each epoch
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+
+
+def test_loader_incomplete_tail_never_repeats_within_epoch():
+    loader = PromptLoader(_rows(10), 4, seed=0)  # 2 full batches per epoch, 2 rows dropped
+    for _ in range(3):
+        ids = _ids(loader.next()) + _ids(loader.next())
+        assert len(set(ids)) == 8
+    assert loader.state_dict() == {"epoch": 2, "pos": 8}
+
+
+def test_loader_no_shuffle_is_in_order():
+    loader = PromptLoader(_rows(6), 3, seed=0, shuffle=False)
+    assert [_ids(loader.next()) for _ in range(3)] == [[0, 1, 2], [3, 4, 5], [0, 1, 2]]
+
+
+def test_loader_resume_gives_exact_same_sequence():
+    ref = PromptLoader(_rows(10), 3, seed=5)
+    for _ in range(4):  # 3 batches per epoch -> now in epoch 1, pos 3
+        ref.next()
+    state = ref.state_dict()
+    assert state == {"epoch": 1, "pos": 3}
+    expected = [_ids(ref.next()) for _ in range(8)]
+
+    resumed = PromptLoader(_rows(10), 3, seed=5)
+    resumed.next()  # a different position before loading
+    resumed.load_state_dict(dict(state))
+    assert [_ids(resumed.next()) for _ in range(8)] == expected
+
+
+def test_loader_resume_at_epoch_boundary():
+    ref = PromptLoader(_rows(6), 3, seed=1)
+    ref.next(), ref.next()
+    state = ref.state_dict()
+    assert state == {"epoch": 0, "pos": 6}
+    expected = [_ids(ref.next()) for _ in range(4)]
+    resumed = PromptLoader(_rows(6), 3, seed=1)
+    resumed.load_state_dict(state)
+    assert [_ids(resumed.next()) for _ in range(4)] == expected
+
+
+def test_loader_too_few_rows():
+    with pytest.raises(DataError, match="3 training rows is fewer than data.prompts_per_step=4"):
+        PromptLoader(_rows(3), 4, seed=0)
+
+
+# ---------------------------------------------------------------- pack_sequences
+
+def test_pack_sequences_layout_by_hand():
+    out = pack_sequences(prompts=[[5, 6, 7], [8]], responses=[[9], [10, 11]],
+                         logps=[[-0.5], [-1.0, -2.0]], pad_id=0)
+    # P = 3, R = 2: [left-padded prompt | right-padded response]
+    assert out["input_ids"].tolist() == [[5, 6, 7, 9, 0],
+                                         [0, 0, 8, 10, 11]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 0],
+                                              [0, 0, 1, 1, 1]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 3],
+                                            [0, 0, 0, 1, 2]]
+    assert out["responses"].tolist() == [[9, 0], [10, 11]]
+    assert out["response_mask"].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert out["response_length"].tolist() == [1.0, 2.0]
+    assert out["rollout_logp"].tolist() == [[-0.5, 0.0], [-1.0, -2.0]]
+    assert out["input_ids"].dtype == torch.long
+    assert out["attention_mask"].dtype == torch.long
+    assert out["response_mask"].dtype == torch.float32
+    assert set(out) == {"input_ids", "attention_mask", "position_ids", "responses", "response_mask",
+                        "response_length", "rollout_logp"}
+
+
+def test_pack_sequences_empty_response_and_no_logps():
+    out = pack_sequences(prompts=[[1, 2], [3]], responses=[[], []], logps=None, pad_id=99)
+    # R is at least 1 so tensors keep a response column
+    assert out["input_ids"].tolist() == [[1, 2, 99], [99, 3, 99]]
+    assert out["attention_mask"].tolist() == [[1, 1, 0], [0, 1, 0]]
+    assert out["position_ids"].tolist() == [[0, 1, 1], [0, 0, 0]]
+    assert out["responses"].tolist() == [[99], [99]]
+    assert out["response_mask"].tolist() == [[0.0], [0.0]]
+    assert out["response_length"].tolist() == [0.0, 0.0]
+    assert "rollout_logp" not in out
+
+
+# ---------------------------------------------------------------- sft_batch
+
+class CharTok:
+    """One token per character: ord(c). eos 1, pad 0."""
+
+    eos_token_id = 1
+    pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        assert add_special_tokens is False
+        return SimpleNamespace(input_ids=[ord(c) for c in text])
+
+
+def _encoder(tok, max_prompt_tokens=64):
+    return PromptEncoder(tokenizer=tok, prompt_key="prompt", answer_key="answer", chat_template=False,
+                         system_prompt=None, max_prompt_tokens=max_prompt_tokens)
+
+
+def test_prompt_encoder_keeps_the_end_when_truncating():
+    enc = _encoder(CharTok(), max_prompt_tokens=3)
+    assert enc.encode({"prompt": "abcde"}) == [ord("c"), ord("d"), ord("e")]
+
+
+def test_sft_batch_appends_eos():
+    enc = _encoder(CharTok())
+    rows = [{"prompt": "ab", "answer": "7", "completion": " 7"},
+            {"prompt": "c", "answer": "42"}]  # no completion: " " + answer
+    b = sft_batch(enc, rows)
+    sp, eos, pad = ord(" "), 1, 0
+    a, bb, c, d7, d4, d2 = ord("a"), ord("b"), ord("c"), ord("7"), ord("4"), ord("2")
+    # P = 2, R = 4 (" 42" + EOS)
+    assert b["input_ids"].tolist() == [[a, bb, sp, d7, eos, pad],
+                                       [pad, c, sp, d4, d2, eos]]
+    assert b["responses"].tolist() == [[sp, d7, eos, pad], [sp, d4, d2, eos]]
+    assert b["response_mask"].tolist() == [[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]]
+    assert "rollout_logp" not in b
+
+
+def test_sft_batch_pads_with_eos_when_no_pad_token():
+    tok = CharTok()
+    tok.pad_token_id = None
+    b = sft_batch(_encoder(tok), [{"prompt": "a", "answer": "1"}, {"prompt": "bc", "answer": "22"}])
+    # row 0: prompt left-padded with eos(1), response " 1" + eos then pad(=eos)
+    assert b["input_ids"].tolist()[0] == [1, ord("a"), ord(" "), ord("1"), 1, 1]
+    assert b["response_mask"].tolist()[0] == [1.0, 1.0, 1.0, 0.0]
