@@ -27,8 +27,41 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}'{loc}: {message}")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class _Frozen:
+    """Config nodes are immutable once `freeze` has run (after validation).
+
+    Not `dataclass(frozen=True)`: OmegaConf would make such nodes read-only while Hydra composes,
+    which refuses the recipe's own values and command-line overrides of list items.
+    """
+
+    def __setattr__(self, name, value):
+        if self.__dict__.get("_frozen"):
+            raise dataclasses.FrozenInstanceError(f"cannot assign to {type(self).__name__}.{name}: "
+                                                  "configs are immutable after validation")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if self.__dict__.get("_frozen"):
+            raise dataclasses.FrozenInstanceError(f"cannot delete {type(self).__name__}.{name}")
+        object.__delattr__(self, name)
+
+
+def freeze(obj):
+    """Recursively freeze a config tree (lists become tuples). Returns obj."""
+    if isinstance(obj, _Frozen):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, list):
+                value = tuple(freeze(v) for v in value)
+            else:
+                freeze(value)
+            object.__setattr__(obj, f.name, value)
+        object.__setattr__(obj, "_frozen", True)
+    return obj
+
+
+@dataclass
+class ModelConfig(_Frozen):
     # Hub name, local directory, or `tiny:base` / `tiny:sft` (built by rlengine/tiny.py).
     path: str = "tiny:sft"
     tokenizer_path: Optional[str] = None  # defaults to model.path
@@ -38,8 +71,8 @@ class ModelConfig:
     trust_remote_code: bool = False
 
 
-@dataclass(frozen=True)
-class DataConfig:
+@dataclass
+class DataConfig(_Frozen):
     # jsonl / parquet path, a local HF dataset dir, a hub dataset name, or `tiny:train` / `tiny:test`.
     train_path: str = "tiny:train"
     test_path: str = "tiny:test"
@@ -55,8 +88,8 @@ class DataConfig:
     max_test_rows: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class AlgorithmConfig:
+@dataclass
+class AlgorithmConfig(_Frozen):
     name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | sft
     group_size: int = 8
     ppo_epochs: int = 1
@@ -72,8 +105,8 @@ class AlgorithmConfig:
     reuse_rollout_logprobs: bool = False  # use vLLM's sampling log-probs as the old log-probs
 
 
-@dataclass(frozen=True)
-class RolloutConfig:
+@dataclass
+class RolloutConfig(_Frozen):
     num_workers: int = 1
     max_new_tokens: int = 16
     temperature: float = 1.0
@@ -90,8 +123,8 @@ class RolloutConfig:
     max_logprob_drift: float = 0.05  # mean |vLLM logp - trainer logp| above this fails the step
 
 
-@dataclass(frozen=True)
-class TrainerConfig:
+@dataclass
+class TrainerConfig(_Frozen):
     world_size: int = 1
     total_steps: int = 100
     lr: float = 1.0e-5
@@ -106,44 +139,44 @@ class TrainerConfig:
     cpu_threads: int = 2
 
 
-@dataclass(frozen=True)
-class ReferenceConfig:
+@dataclass
+class ReferenceConfig(_Frozen):
     num_workers: int = 1
 
 
-@dataclass(frozen=True)
-class RewardFnConfig:
+@dataclass
+class RewardFnConfig(_Frozen):
     fn: str = "reward_fns/math.py:compute_score"
     weight: float = 1.0
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class RewardConfig:
+@dataclass
+class RewardConfig(_Frozen):
     fns: List[RewardFnConfig] = field(default_factory=lambda: [RewardFnConfig()])
     num_workers: int = 1  # processes in the scoring pool
     timeout_s: float = 10.0
     error_score: float = 0.0
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+@dataclass
+class EvalConfig(_Frozen):
     before: bool = True
     after: bool = True
     every_steps: int = 0  # 0: only before/after
     max_new_tokens: Optional[int] = None  # defaults to rollout.max_new_tokens
 
 
-@dataclass(frozen=True)
-class CheckpointConfig:
+@dataclass
+class CheckpointConfig(_Frozen):
     every_steps: int = 0  # 0: only the final checkpoint
     keep_last: int = 2
     save_hf: bool = True
     export_hf_to: Optional[str] = None  # also copy the final HF checkpoint here
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
+@dataclass
+class TrackingConfig(_Frozen):
     project: str = "rlengine"
     experiment: Optional[str] = None
     wandb: bool = False
@@ -152,8 +185,8 @@ class TrackingConfig:
     progress_bar: bool = True
 
 
-@dataclass(frozen=True)
-class ResourcesConfig:
+@dataclass
+class ResourcesConfig(_Frozen):
     device: str = "cpu"  # cpu | cuda
     gpus_per_trainer: float = 0.0
     gpus_per_rollout: float = 0.0
@@ -163,21 +196,21 @@ class ResourcesConfig:
     cpus_per_actor: float = 0.25
 
 
-@dataclass(frozen=True)
-class RayConfig:
+@dataclass
+class RayConfig(_Frozen):
     address: Optional[str] = None  # null: start a local cluster; "auto": join the running one
     num_cpus: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class SFTConfig:
+@dataclass
+class SFTConfig(_Frozen):
     # Used by algorithm.name=sft: supervised targets are data.answer_key completions.
     eval_every_steps: int = 0
     stop_at_accuracy: Optional[float] = None
 
 
-@dataclass(frozen=True)
-class RootConfig:
+@dataclass
+class RootConfig(_Frozen):
     recipe: str = "grpo_tiny"
     seed: int = 1
     run_dir: Optional[str] = None  # default: outputs/<recipe>/<timestamp>

@@ -15,7 +15,7 @@ from rlengine.config import Plan, RootConfig
 from rlengine.data import PromptEncoder, PromptLoader, sft_batch
 from rlengine.protocol import Batch
 from rlengine.rewards import RewardManager
-from rlengine.weight_sync import WeightSyncError, compare
+from rlengine.weight_sync import WeightSyncError, compare, compare_engine
 from rlengine.workers.group import WorkerGroup
 
 log = logging.getLogger("rlengine")
@@ -138,13 +138,15 @@ class Controller:
         n_bytes = reports[0]["bytes"]
         for rank, rep in enumerate(reports):
             res = compare(sent, rep["checksums"], n_bytes)
-            if not res.ok:
+            verified, bad = compare_engine(sent, rep["engine"]["sums"], rep["engine"]["packed"])
+            if not res.ok or bad:
                 raise WeightSyncError(
-                    f"weight sync to rollout worker {rank} failed verification: "
-                    f"mismatched {list(res.mismatched)[:5]}, missing {list(res.missing)[:5]}")
+                    f"weight sync to rollout worker {rank} failed verification: received tensors "
+                    f"mismatched {list(res.mismatched)[:5]}, missing {list(res.missing)[:5]}; "
+                    f"engine tensors differing from the trainer's: {bad[:5]}")
         dt = time.perf_counter() - t0
         return {"sync/checksum_ok": 1.0, "sync/bytes": float(n_bytes), "sync/gbps": n_bytes / dt / 1e9,
-                "sync/load_s": max(r["load_s"] for r in reports)}
+                "sync/load_s": max(r["load_s"] for r in reports), "sync/engine_tensors_verified": float(verified)}
 
     def evaluate(self) -> dict:
         """Greedy accuracy on the held-out split: the first reward function's score >= 1 counts as correct."""
@@ -152,7 +154,7 @@ class Controller:
         prompts = self.encoder.to_batch(self.test_rows)
         out = self.roles.rollout.map_batch("generate", prompts, 1, 0, True, self.plan.eval_max_new_tokens)
         scored = self.rewards.score(out["prompt"], out["response"], out["ground_truth"], out["extra"])
-        first = scored.per_fn[self.cfg.reward.fns[0].fn]
+        first = scored.per_fn[0]
         return {"eval/accuracy": float((first >= 1.0 - 1e-6).float().mean()),
                 "eval/reward_mean": float(scored.scores_N.mean()),
                 "eval/response_length": float(out["response_length"].mean()),

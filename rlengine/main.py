@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from rlengine.config import ConfigError, Plan, RootConfig, validate
+from rlengine.config import ConfigError, Plan, RootConfig, freeze, validate
 
 USAGE = """usage: python -m rlengine.main [recipe=NAME] [key=value ...] [--cfg] [--help]
 
@@ -33,46 +33,39 @@ def recipes_dir() -> Path:
 def _register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
-    from omegaconf import OmegaConf
-
-    # The dataclasses are frozen (configs are never mutated after validation); OmegaConf turns that
-    # into read-only nodes, which would also refuse the recipe's own values while composing.
-    node = OmegaConf.structured(RootConfig)
-    _writable(node)
-    ConfigStore.instance().store(name="rlengine_schema", node=node)
+    ConfigStore.instance().store(name="rlengine_schema", node=RootConfig)
 
 
-def _writable(node) -> None:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+def _locate(key: str, recipe_file: Path) -> tuple[str, str] | None:
+    """(full dotted key, file:line) of `key` in the recipe YAML, when it is written there.
 
-    OmegaConf.set_readonly(node, None)
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            child = node._get_node(key)
-            if isinstance(child, (DictConfig, ListConfig)):
-                _writable(child)
-
-
-def _locate(key: str, recipe_file: Path) -> str | None:
-    """file:line of `key` (dotted) in the recipe YAML, when it is written there."""
+    Hydra names only the last key for errors inside lists (`wieght`, not `reward.fns[0].wieght`);
+    such a bare key is looked up anywhere in the file and its full path returned.
+    """
     import yaml
 
     if not recipe_file.exists():
         return None
     try:
-        node = yaml.compose(recipe_file.read_text())
+        root = yaml.compose(recipe_file.read_text())
     except yaml.YAMLError:
         return None
-    for part in key.split("."):
-        part = re.sub(r"\[\d+\]$", "", part)
-        if not isinstance(node, yaml.MappingNode):
-            return None
-        match = [v for k, v in node.value if k.value == part]
-        if not match:
-            return None
-        key_node = next(k for k, v in node.value if k.value == part)
-        node = match[0]
-    return f"{recipe_file}:{key_node.start_mark.line + 1}"
+    found = []
+    stack = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                full = f"{path}.{k.value}" if path else str(k.value)
+                found.append((full, k.start_mark.line + 1))
+                stack.append((v, full))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(node.value))
+    norm = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", key)
+    for full, line in sorted(found, key=lambda f: f[1]):
+        if full == norm or ("." not in key and full.endswith("." + key)):
+            return full, f"{recipe_file}:{line}"
+    return None
 
 
 def _key_from_error(msg: str) -> str | None:
@@ -107,19 +100,24 @@ def load_config(recipe: str, overrides: list[str]) -> tuple[RootConfig, Plan]:
         key = _key_from_error(msg) or "?"
         detail = [ln.strip() for ln in msg.splitlines()
                   if ln.strip() and not re.match(r"(full_key|reference_type|object_type|To append|See https)", ln.strip())]
-        where = _locate(key, recipe_file) if not any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides) \
-            else "command-line override"
+        where = None
+        if any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides):
+            where = "command-line override"
+        elif loc := _locate(key, recipe_file):
+            key, where = loc
         raise ConfigError(key, " ".join(detail) or type(e).__name__, where) from None
     finally:
         GlobalHydra.instance().clear()
     if not isinstance(obj, RootConfig):
         raise ConfigError("defaults", f"{recipe_file} must list `rlengine_schema` in its defaults")
+    freeze(obj)
     try:
         plan = validate(obj)
     except ConfigError as e:
         if e.where is None:
+            loc = _locate(e.key, recipe_file)
             where = "command-line override" if any(o.split("=", 1)[0].lstrip("+~") == e.key for o in overrides) \
-                else _locate(e.key, recipe_file)
+                else (loc[1] if loc else None)
             raise ConfigError(e.key, str(e).split(": ", 1)[1], where) from None
         raise
     return obj, plan
@@ -128,7 +126,7 @@ def load_config(recipe: str, overrides: list[str]) -> tuple[RootConfig, Plan]:
 def parse_argv(argv: list[str]) -> tuple[str, list[str], set[str]]:
     recipe, overrides, flags = "grpo_tiny", [], set()
     for arg in argv:
-        if arg.startswith("--"):
+        if arg.startswith("-"):
             flags.add(arg)
         elif arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
@@ -139,6 +137,10 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     recipe, overrides, flags = parse_argv(sys.argv[1:] if argv is None else argv)
+    unknown = flags - {"--help", "-h", "--cfg"}
+    if unknown:
+        print(f"error: unknown option(s) {sorted(unknown)}; see --help", file=sys.stderr)
+        return 2
     if "--help" in flags or "-h" in flags:
         names = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml")))
         print(USAGE.format(recipes=names))

@@ -40,7 +40,11 @@ def resolve_fn(spec: str, key: str = "reward.fns") -> Callable:
             s = importlib.util.spec_from_file_location(mod_name, file)
             module = importlib.util.module_from_spec(s)
             sys.modules[mod_name] = module
-            s.loader.exec_module(module)
+            try:
+                s.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[mod_name]  # the next attempt must fail the same way, not find a half module
+                raise
         module = sys.modules[mod_name]
     else:
         mod_path, _, name = spec.rpartition(".")
@@ -69,10 +73,16 @@ def _score_one(spec: str, kwargs: dict, prompt: str, response: str, ground_truth
         return None, traceback.format_exc()
 
 
+def _warm() -> None:
+    import time
+
+    time.sleep(0.05)  # keep this worker busy so the next submission starts another
+
+
 @dataclass
 class RewardResult:
     scores_N: torch.Tensor  # combined, weighted
-    per_fn: dict[str, torch.Tensor]
+    per_fn: list[torch.Tensor]  # one per reward.fns entry, in order
     errors: int
     timeouts: int
 
@@ -88,6 +98,8 @@ class RewardManager:
     def _get_pool(self):
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"))
+            # Start every worker now, so process start-up never counts against a call's timeout.
+            cf.wait([self._pool.submit(_warm) for _ in range(self.cfg.num_workers)])
         return self._pool
 
     def _reset_pool(self) -> None:
@@ -101,18 +113,17 @@ class RewardManager:
     def score(self, prompts: list[str], responses: list[str], ground_truths: list, extras: list[dict]) -> RewardResult:
         n = len(responses)
         total = torch.zeros(n)
-        per_fn, errors, timeouts = {}, 0, 0
+        per_fn, errors, timeouts = [], 0, 0
         for f in self.cfg.fns:
             pool = self._get_pool()
             futs = [pool.submit(_score_one, f.fn, dict(f.kwargs), p, r, g, e)
                     for p, r, g, e in zip(prompts, responses, ground_truths, extras)]
             done, _ = cf.wait(futs, timeout=self.cfg.timeout_s * max(1, n / self.cfg.num_workers))
             scores = torch.full((n,), float(self.cfg.error_score))
-            hung = False
+            hung = 0
             for i, fut in enumerate(futs):
                 if fut not in done:
-                    timeouts += 1
-                    hung = True
+                    hung += 1
                     continue
                 value, err = fut.result()
                 if err is not None:
@@ -124,9 +135,10 @@ class RewardManager:
                 else:
                     scores[i] = value
             if hung:
-                log.warning("reward function %s timed out on %d responses", f.fn, timeouts)
+                timeouts += hung
+                log.warning("reward function %s timed out on %d responses", f.fn, hung)
                 self._reset_pool()
-            per_fn[f.fn] = scores
+            per_fn.append(scores)
             total += f.weight * scores
         return RewardResult(total, per_fn, errors, timeouts)
 

@@ -21,7 +21,8 @@ BUCKET_BYTES = 256 << 20
 def tensor_checksum(t: torch.Tensor) -> tuple[float, float]:
     """(sum, position-weighted sum) in float64: order-sensitive, cheap on any device."""
     x = t.detach().reshape(-1).double()
-    w = (torch.arange(x.numel(), device=x.device, dtype=torch.float64) % 1021.0) + 1.0
+    # Weights from the golden-ratio sequence never repeat, so any swap of two unequal elements shows.
+    w = torch.frac(torch.arange(x.numel(), device=x.device, dtype=torch.float64) * 0.6180339887498949) + 1.0
     return float(x.sum()), float((x * w).sum())
 
 
@@ -51,6 +52,30 @@ def compare(sent: dict[str, tuple[float, float]], received: dict[str, tuple[floa
                 break
     return SyncReport(ok=not missing and not bad, n_tensors=len(sent), n_bytes=n_bytes,
                       mismatched=tuple(bad), missing=missing)
+
+
+def compare_engine(sent: dict[str, tuple[float, float]], engine_sums: dict[str, float],
+                   packed: dict[str, list[str]], rtol: float = 1e-6) -> tuple[int, list[str]]:
+    """Check the weights the engine actually holds against what the trainer sent.
+
+    vLLM stacks some HF tensors into one (qkv_proj = q_proj|k_proj|v_proj): the sum of a stacked
+    tensor must equal the sum of its parts.  Returns (tensors verified, names that disagree).
+    Engine tensors with no counterpart in `sent` (e.g. rotary caches) are not compared.
+    """
+    verified, bad = 0, []
+    for name, value in engine_sums.items():
+        parts = [name]
+        for stacked, pieces in packed.items():
+            if f".{stacked}." in f".{name}":
+                parts = [name.replace(stacked, p) for p in pieces]
+                break
+        if not all(p in sent for p in parts):
+            continue
+        expected = sum(sent[p][0] for p in parts)
+        verified += 1
+        if abs(expected - value) > rtol * max(1.0, abs(expected), abs(value)):
+            bad.append(name)
+    return verified, bad
 
 
 def bucketize(named_sizes: list[tuple[str, int]], bucket_bytes: int = BUCKET_BYTES) -> list[list[str]]:

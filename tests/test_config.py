@@ -87,7 +87,8 @@ def test_reward_fns_are_dataclasses_after_composition():
     from rlengine.config import RewardFnConfig
 
     cfg, _ = load_config("grpo_tiny", [])
-    assert cfg.reward.fns == [RewardFnConfig(fn="reward_fns/math.py:compute_score", weight=1.0, kwargs={})]
+    # Frozen: lists become tuples after validation.
+    assert cfg.reward.fns == (RewardFnConfig(fn="reward_fns/math.py:compute_score", weight=1.0, kwargs={}),)
 
 
 def test_reward_fn_list_element_can_be_overridden():

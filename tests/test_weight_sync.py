@@ -6,10 +6,28 @@ from rlengine.weight_sync import SyncReport, bucketize, checksum, compare, tenso
 
 # ---------------------------------------------------------------- checksums
 
+# Position weights w_i = frac(i * 0.6180339887498949) + 1 (golden-ratio sequence, never periodic).
+W = [1.0, 1.6180339887498949, 1.2360679774997898, 1.8541019662496847]
+
+
+def _approx(pair, expected):
+    return pair[0] == expected[0] and abs(pair[1] - expected[1]) < 1e-12
+
+
 def test_tensor_checksum_by_hand():
-    # (sum, sum of x_i * (i % 1021 + 1))
-    assert tensor_checksum(torch.tensor([1.0, 2.0, 3.0])) == (6.0, 1 * 1 + 2 * 2 + 3 * 3)
-    assert tensor_checksum(torch.tensor([[1.0, 2.0], [3.0, 4.0]])) == (10.0, 1 + 4 + 9 + 16)
+    # (sum, sum of x_i * w_i)
+    assert _approx(tensor_checksum(torch.tensor([1.0, 2.0, 3.0])), (6.0, 1 * W[0] + 2 * W[1] + 3 * W[2]))
+    assert _approx(tensor_checksum(torch.tensor([[1.0, 2.0], [3.0, 4.0]])),
+                   (10.0, 1 * W[0] + 2 * W[1] + 3 * W[2] + 4 * W[3]))
+
+
+def test_checksum_sees_swaps_far_apart():
+    # A period-1021 weight would miss swapping elements 0 and 1021; this one must not.
+    t = torch.zeros(3000)
+    t[0], t[1021] = 1.0, 2.0
+    u = t.clone()
+    u[0], u[1021] = 2.0, 1.0
+    assert tensor_checksum(t) != tensor_checksum(u)
 
 
 def test_checksum_changes_under_permutation():
@@ -18,7 +36,7 @@ def test_checksum_changes_under_permutation():
     s, w = tensor_checksum(t)
     sp, wp = tensor_checksum(p)
     assert sp == s == 6.0                    # the plain sum cannot see a permutation ...
-    assert (w, wp) == (14.0, 3 + 4 + 3)      # ... the weighted sum does
+    assert abs(w - (W[0] + 2 * W[1] + 3 * W[2])) < 1e-12 and abs(wp - (3 * W[0] + 2 * W[1] + W[2])) < 1e-12
     assert tensor_checksum(t) != tensor_checksum(p)
 
 
@@ -34,7 +52,7 @@ def test_checksum_changes_under_transpose_and_row_swap():
 def test_checksum_changes_under_single_element_change():
     t = torch.tensor([1.0, 2.0, 3.0])
     u = torch.tensor([1.0, 2.0, 4.0])
-    assert tensor_checksum(u) == (7.0, 1 + 4 + 12)
+    assert _approx(tensor_checksum(u), (7.0, W[0] + 2 * W[1] + 4 * W[2]))
     big = torch.zeros(5000)
     big2 = big.clone()
     big2[4321] = 1e-3
@@ -50,7 +68,9 @@ def test_checksum_same_for_dtype_views_of_same_values():
 
 def test_checksum_of_named_tensors():
     named = [("a", torch.tensor([1.0, 2.0, 3.0])), ("b", torch.tensor([[2.0]]))]
-    assert checksum(named) == {"a": (6.0, 14.0), "b": (2.0, 2.0)}
+    got = checksum(named)
+    assert set(got) == {"a", "b"}
+    assert _approx(got["a"], (6.0, W[0] + 2 * W[1] + 3 * W[2])) and got["b"] == (2.0, 2.0)
 
 
 # ---------------------------------------------------------------- compare

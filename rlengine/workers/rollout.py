@@ -30,6 +30,15 @@ def _load_weights(worker, named_tensors):
     worker.model_runner.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
 
 
+def _engine_sums(worker) -> dict:
+    """Runs inside the vLLM worker: float64 sums of every parameter vLLM still holds in readable
+    form, with the stacking map (qkv_proj <- q/k/v_proj, ...) needed to compare with HF names.
+    The CPU build leaves repacked linear weights as empty tensors; those are skipped here."""
+    model = worker.model_runner.model
+    sums = {n: float(p.detach().double().sum()) for n, p in model.named_parameters() if p.numel() > 0}
+    return {"sums": sums, "packed": dict(getattr(model, "packed_modules_mapping", {}) or {})}
+
+
 class RolloutWorker:
     def __init__(self, cfg: RootConfig, model_path: str, tokenizer_path: str, rank: int = 0):
         _vllm_env(cfg)
@@ -89,7 +98,9 @@ class RolloutWorker:
         t0 = time.perf_counter()
         self.llm.collective_rpc(_load_weights, args=(named,))
         self.llm.reset_prefix_cache()
-        return {"checksums": received, "load_s": time.perf_counter() - t0,
+        load_s = time.perf_counter() - t0
+        engine = self.llm.collective_rpc(_engine_sums)[0]
+        return {"checksums": received, "load_s": load_s, "engine": engine,
                 "bytes": sum(t.numel() * t.element_size() for _, t in named)}
 
     def shutdown(self) -> None:

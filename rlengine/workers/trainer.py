@@ -127,30 +127,29 @@ class TrainerWorker:
         self.engine.step()
 
     def update_policy(self, batch: Batch) -> dict:
-        """ppo_epochs x minibatches optimizer steps on this rank's shard; returns mean metrics."""
+        """ppo_epochs x minibatches optimizer steps on this rank's shard; returns mean metrics.
+
+        Loss metrics are this rank's share of the global minibatch loss times world_size, so the
+        controller's mean over ranks is the global value.
+        """
         a = self.cfg.algorithm
         self.engine.train()
-        sums: dict[str, float] = {}
-        count = 0
+        per_step: list[dict] = []
         gen = torch.Generator().manual_seed(self.cfg.seed + self.optimizer_steps)
         for _ in range(a.ppo_epochs):
             perm = torch.randperm(len(batch), generator=gen)
             for mb in batch.index(perm).split(a.minibatches):
                 norm = self._normaliser(mb)
-                for micro in mb.chunk_by_size(self.plan.micro_batch_size):
-                    m = self._micro_step(micro.to(self.device), norm)
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
+                micro_metrics = [self._micro_step(m.to(self.device), norm)
+                                 for m in mb.chunk_by_size(self.plan.micro_batch_size)]
                 self.optimizer_steps += 1
-                grad_norm = self.engine.get_global_grad_norm()
-                sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm or 0.0) * (
-                    self.plan.micro_batches_per_minibatch)
-        metrics = {k: v / count for k, v in sums.items()}
-        # Summed per micro-batch with a global normaliser: these add up to the minibatch value.
-        for k in ("actor/pg_loss", "actor/kl_loss"):
-            if k in metrics:
-                metrics[k] *= self.plan.micro_batches_per_minibatch * self.world_size
+                step = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
+                for k in ("actor/pg_loss", "actor/kl_loss"):  # additive over micro-batches and ranks
+                    if k in step:
+                        step[k] = sum(m[k] for m in micro_metrics) * self.world_size
+                step["actor/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+                per_step.append(step)
+        metrics = {k: sum(s[k] for s in per_step) / len(per_step) for k in per_step[0]}
         metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
