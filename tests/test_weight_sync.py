@@ -144,3 +144,14 @@ def test_bucketize_keeps_every_name_once():
     by = dict(sizes)
     for b in buckets:
         assert len(b) == 1 or sum(by[n] for n in b) <= 200
+
+
+def test_compare_engine_maps_stacked_tensors_and_skips_unknown():
+    from rlengine.weight_sync import compare_engine
+
+    sent = {"l.q_proj.bias": (1.0, 0.0), "l.k_proj.bias": (2.0, 0.0), "l.v_proj.bias": (3.0, 0.0),
+            "norm.weight": (4.0, 0.0)}
+    packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
+    # The engine's stacked qkv bias must sum to 1 + 2 + 3; rotary caches have no HF counterpart.
+    assert compare_engine(sent, {"l.qkv_proj.bias": 6.0, "norm.weight": 4.0, "rotary.cos": 9.0}, packed) == (2, [])
+    assert compare_engine(sent, {"l.qkv_proj.bias": 6.5, "norm.weight": 4.0}, packed) == (2, ["l.qkv_proj.bias"])

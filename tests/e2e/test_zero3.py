@@ -38,3 +38,48 @@ def test_two_ranks_partition_and_gather():
         group.kill()
     finally:
         ray.shutdown()
+
+
+def _synthetic_batch(n: int, seed: int = 0):
+    """n sequences of the tiny task's tokens with fixed random advantages (the rollout layout)."""
+    import torch
+
+    from rlengine.data import pack_sequences
+    from rlengine.protocol import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, 200, (int(torch.randint(4, 9, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n)]
+    responses = [torch.randint(3, 200, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(n)]
+    t = pack_sequences(prompts, responses, None, pad_id=0)
+    adv = torch.randn(n, generator=g)
+    t["advantages"] = adv[:, None] * t["response_mask"]
+    return Batch(tensors=t)
+
+
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-sum"])
+def test_two_ranks_match_one_rank(loss_agg):
+    """The loss normaliser is global: 2 ranks x half the batch give the same loss and gradient
+    norm as 1 rank with the whole batch (uneven response lengths on purpose)."""
+    path = tiny.resolve_path("tiny:base")
+    batch = _synthetic_batch(16)
+    results = {}
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": actor_env()})
+    try:
+        for ws in (1, 2):
+            cfg, plan = load_config("grpo_tiny", ["model.path=tiny:base", f"trainer.world_size={ws}",
+                                                  "data.prompts_per_step=2", "algorithm.kl_coef=0",
+                                                  f"algorithm.loss_agg={loss_agg}", "trainer.micro_batch_size=4"])
+            port = free_port()
+            group = WorkerGroup("trainer", TrainerWorker, ws, None, 0, 0.5, 0,
+                                lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {}), actor_env())
+            b = batch.union(group.map_batch("log_probs", batch))
+            metrics = group.call_split("update_policy", b)
+            results[ws] = {k: sum(m[k] for m in metrics) / len(metrics) for k in ("actor/pg_loss", "actor/grad_norm")}
+            group.kill()
+    finally:
+        ray.shutdown()
+    assert results[1]["actor/grad_norm"] > 0
+    for k in results[1]:
+        assert results[2][k] == pytest.approx(results[1][k], rel=1e-4, abs=1e-7), (k, results)
