@@ -149,13 +149,14 @@ class RewardFnConfig(_Frozen):
     fn: str = "reward_fns/math.py:compute_score"
     weight: float = 1.0
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    batched: bool = False  # fn(prompts, responses, ground_truths, extras, **kwargs) -> list
 
 
 @dataclass
 class RewardConfig(_Frozen):
     fns: List[RewardFnConfig] = field(default_factory=lambda: [RewardFnConfig()])
     num_workers: int = 1  # processes in the scoring pool
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # per call (per batch for batched functions)
     error_score: float = 0.0
 
 

@@ -167,7 +167,7 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
             ctl.sync_weights()
         ev = ctl.evaluate()
         summary["eval/accuracy_before"] = ev["eval/accuracy"]
-        print(f"held-out accuracy before: {ev['eval/accuracy']:.3f} (n={int(ev['eval/n'])}, greedy)", flush=True)
+        tracker.note(f"held-out accuracy before: {ev['eval/accuracy']:.3f} (n={int(ev['eval/n'])}, greedy)")
         tracker.log(0, ev, advance=False)
     metrics: dict = {}
     step = 0
@@ -190,8 +190,8 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
             ctl.sync_weights()
         ev = ctl.evaluate()
         summary["eval/accuracy_after"] = ev["eval/accuracy"]
-        print(f"held-out accuracy after:  {ev['eval/accuracy']:.3f} (before: "
-              f"{summary.get('eval/accuracy_before', float('nan')):.3f})", flush=True)
+        tracker.note(f"held-out accuracy after:  {ev['eval/accuracy']:.3f} (before: "
+                     f"{summary.get('eval/accuracy_before', float('nan')):.3f})")
         tracker.log(step, ev, advance=False)
         metrics.update(ev)
     final = save_checkpoint(cfg, ctl, roles, run_dir, step, tok_path, hf=cfg.checkpoint.save_hf)

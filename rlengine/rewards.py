@@ -1,7 +1,8 @@
 """Reward manager: resolves the recipe's reward functions and scores responses in a process pool.
 
 A reward function is `fn(prompt, response, ground_truth, **extra) -> float | dict` (a dict carries
-"score" plus diagnostics).  An exception or a timeout scores `reward.error_score`, is counted in
+"score" plus diagnostics); it may be `async def`.  With `batched: true` it is instead
+`fn(prompts, responses, ground_truths, extras, **kwargs) -> list[float | dict]`, one call per batch.  An exception or a timeout scores `reward.error_score`, is counted in
 `reward/errors` / `reward/timeouts`, is logged once with its traceback, and never stops the run.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 _REPO = Path(__file__).resolve().parent.parent
 
 
-def resolve_fn(spec: str, key: str = "reward.fns") -> Callable:
+def resolve_fn(spec: str, key: str = "reward.fns", batched: bool = False) -> Callable:
     """`path/to/file.py:function` (relative to the cwd, then to the project) or `pkg.module.function`."""
     if ":" in spec:
         path, name = spec.rsplit(":", 1)
@@ -55,22 +56,81 @@ def resolve_fn(spec: str, key: str = "reward.fns") -> Callable:
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(key, f"{spec!r}: no function {name!r} in {getattr(module, '__file__', module)}")
+    want = ("prompts", "responses", "ground_truths", "extras=...") if batched else \
+        ("prompt", "response", "ground_truth", "**extra")
     try:
-        inspect.signature(fn).bind("prompt", "response", "ground_truth")
+        if batched:
+            inspect.signature(fn).bind([], [], [], extras=[])
+        else:
+            inspect.signature(fn).bind("prompt", "response", "ground_truth")
     except TypeError:
-        raise ConfigError(key, f"{spec!r} must accept (prompt, response, ground_truth, **extra); "
+        raise ConfigError(key, f"{spec!r} must accept ({', '.join(want)}); "
                                f"its signature is {inspect.signature(fn)}") from None
     return fn
 
 
-def _score_one(spec: str, kwargs: dict, prompt: str, response: str, ground_truth, extra: dict):
-    """Runs in a pool process. Returns (score, error_traceback_or_None)."""
+class _CallTimeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _CallTimeout()
+
+
+def _call(fn: Callable, args: tuple, kwargs: dict, timeout_s: float):
+    """One reward call under a per-call alarm (pool workers run tasks on their main thread)."""
+    import asyncio
+    import signal
+
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        out = resolve_fn(spec)(prompt, response, ground_truth, **extra, **kwargs)
-        score = out["score"] if isinstance(out, dict) else out
-        return float(score), None
+        out = fn(*args, **kwargs)
+        if inspect.isawaitable(out):
+            out = asyncio.run(_awaitable(out))
+        return out
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+async def _awaitable(x):
+    return await x
+
+
+def _as_score(out) -> float:
+    score = out["score"] if isinstance(out, dict) else out
+    return float(score)
+
+
+def _score_chunk(spec: str, kwargs: dict, batched: bool, timeout_s: float, rows: list[tuple]) -> list[tuple]:
+    """Runs in a pool process. rows: (prompt, response, ground_truth, extra).
+    Returns one (score | None, status, traceback | None) per row; status is ok / error / timeout."""
+    try:
+        fn = resolve_fn(spec, batched=batched)
     except Exception:
-        return None, traceback.format_exc()
+        return [(None, "error", traceback.format_exc())] * len(rows)
+    if batched:
+        try:
+            cols = list(zip(*rows))
+            outs = _call(fn, (list(cols[0]), list(cols[1]), list(cols[2])), {"extras": list(cols[3]), **kwargs},
+                         timeout_s)
+            if len(outs) != len(rows):
+                raise ValueError(f"batched reward function returned {len(outs)} scores for {len(rows)} rows")
+            return [(_as_score(o), "ok", None) for o in outs]
+        except _CallTimeout:
+            return [(None, "timeout", None)] * len(rows)
+        except Exception:
+            return [(None, "error", traceback.format_exc())] * len(rows)
+    results = []
+    for prompt, response, gt, extra in rows:
+        try:
+            results.append((_as_score(_call(fn, (prompt, response, gt), {**extra, **kwargs}, timeout_s)), "ok", None))
+        except _CallTimeout:
+            results.append((None, "timeout", None))
+        except Exception:
+            results.append((None, "error", traceback.format_exc()))
+    return results
 
 
 def _warm() -> None:
@@ -91,7 +151,7 @@ class RewardManager:
     def __init__(self, cfg: RewardConfig):
         self.cfg = cfg
         for i, f in enumerate(cfg.fns):
-            resolve_fn(f.fn, key=f"reward.fns[{i}].fn")  # fail at start-up, with the path named
+            resolve_fn(f.fn, key=f"reward.fns[{i}].fn", batched=f.batched)  # fail at start-up, path named
         self._pool = None
         self._logged: set[str] = set()
 
@@ -111,36 +171,52 @@ class RewardManager:
             self._pool = None
 
     def score(self, prompts: list[str], responses: list[str], ground_truths: list, extras: list[dict]) -> RewardResult:
-        n = len(responses)
+        rows = list(zip(prompts, responses, ground_truths, extras))
+        n = len(rows)
         total = torch.zeros(n)
         per_fn, errors, timeouts = [], 0, 0
         for f in self.cfg.fns:
-            pool = self._get_pool()
-            futs = [pool.submit(_score_one, f.fn, dict(f.kwargs), p, r, g, e)
-                    for p, r, g, e in zip(prompts, responses, ground_truths, extras)]
-            done, _ = cf.wait(futs, timeout=self.cfg.timeout_s * max(1, n / self.cfg.num_workers))
             scores = torch.full((n,), float(self.cfg.error_score))
-            hung = 0
-            for i, fut in enumerate(futs):
-                if fut not in done:
-                    hung += 1
-                    continue
-                value, err = fut.result()
-                if err is not None:
+            for i, (value, status, tb) in enumerate(self._run_fn(f, rows)):
+                if status == "ok":
+                    scores[i] = value
+                elif status == "timeout":
+                    timeouts += 1
+                else:
                     errors += 1
                     if f.fn not in self._logged:
                         self._logged.add(f.fn)
                         log.warning("reward function %s raised (scored %s; logged once):\n%s",
-                                    f.fn, self.cfg.error_score, err)
-                else:
-                    scores[i] = value
-            if hung:
-                timeouts += hung
-                log.warning("reward function %s timed out on %d responses", f.fn, hung)
-                self._reset_pool()
+                                    f.fn, self.cfg.error_score, tb)
             per_fn.append(scores)
             total += f.weight * scores
         return RewardResult(total, per_fn, errors, timeouts)
+
+    def _run_fn(self, f, rows: list[tuple]) -> list[tuple]:
+        """Rows go to the pool in chunks; each call has its own alarm. A call that ignores the alarm
+        (stuck in C code) hits the chunk's hard deadline: its whole chunk counts as timed out and
+        the pool is replaced."""
+        if not rows:
+            return []
+        pool = self._get_pool()
+        n_chunks = 1 if f.batched else min(len(rows), 4 * self.cfg.num_workers)
+        bounds = [round(k * len(rows) / n_chunks) for k in range(n_chunks + 1)]
+        chunks = [rows[a:b] for a, b in zip(bounds, bounds[1:])]
+        t = self.cfg.timeout_s
+        futs = [pool.submit(_score_chunk, f.fn, dict(f.kwargs), f.batched, t, c) for c in chunks]
+        per_worker = -(-len(chunks) // self.cfg.num_workers)
+        deadline = (1 if f.batched else max(map(len, chunks))) * t * per_worker + 5.0
+        done, _ = cf.wait(futs, timeout=deadline)
+        out: list[tuple] = []
+        for fut, chunk in zip(futs, chunks):
+            if fut in done and fut.exception() is None:
+                out.extend(fut.result())
+            else:
+                out.extend([(None, "timeout", None)] * len(chunk))
+        if len(done) < len(futs):
+            log.warning("reward function %s did not return within %.0fs: replacing the scoring pool", f.fn, deadline)
+            self._reset_pool()
+        return out
 
     def close(self) -> None:
         if self._pool is not None:

@@ -12,9 +12,11 @@ from pathlib import Path
 
 log = logging.getLogger("rlengine")
 
-# The short names shown in the per-step console line, in this order.
-CONSOLE_KEYS = ("reward/mean", "eval/accuracy", "actor/pg_loss", "actor/kl", "actor/entropy", "actor/clip_frac",
-                "actor/grad_norm", "sft/loss", "response_length/mean", "sync/logprob_drift", "timing_s/step")
+# The per-step console line: metric -> short label, in this order.
+CONSOLE_KEYS = {"reward/mean": "reward", "eval/accuracy": "eval_acc", "actor/pg_loss": "pg_loss", "actor/kl": "kl",
+                "actor/entropy": "entropy", "actor/clip_frac": "clip_frac", "actor/grad_norm": "grad_norm",
+                "sft/loss": "sft_loss", "response_length/mean": "resp_len", "sync/logprob_drift": "drift",
+                "timing_s/step": "step_s"}
 
 
 def setup_logging(run_dir: Path) -> None:
@@ -77,8 +79,7 @@ class Tracker:
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
-        line = " ".join(f"{k.split('/', 1)[-1] if k != 'reward/mean' else 'reward'}={_fmt(clean[k])}"
-                        for k in CONSOLE_KEYS if k in clean)
+        line = " ".join(f"{label}={_fmt(clean[k])}" for k, label in CONSOLE_KEYS.items() if k in clean)
         msg = f"step {step}: {line}"
         if self._bar is not None:
             self._bar.write(msg, file=sys.stderr)
@@ -87,6 +88,12 @@ class Tracker:
             self._bar.set_postfix_str(line[:60])
         else:
             print(msg, file=sys.stderr, flush=True)
+        with open(self.run_dir / "run.log", "a") as f:
+            f.write(msg + "\n")
+
+    def note(self, msg: str) -> None:
+        """A line for people: printed to stdout and kept in run.log."""
+        print(msg, flush=True)
         with open(self.run_dir / "run.log", "a") as f:
             f.write(msg + "\n")
 

@@ -216,3 +216,16 @@ def test_sft_batch_pads_with_eos_when_no_pad_token():
     # row 0: prompt left-padded with eos(1), response " 1" + eos then pad(=eos)
     assert b["input_ids"].tolist()[0] == [1, ord("a"), ord(" "), ord("1"), 1, 1]
     assert b["response_mask"].tolist()[0] == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_load_rows_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlengine.data import load_rows
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"question": ["1+1?", "2+2?"], "answer": ["2", "4"]}), path)
+    rows = load_rows(str(path))
+    assert [(r["question"], r["answer"]) for r in rows] == [("1+1?", "2"), ("2+2?", "4")]
+    assert rows[1]["_source"] == f"{path}:row 1"

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.e2e
 SMALL = ["recipe=grpo_tiny", "model.path=tiny:base", "data.prompts_per_step=8", "algorithm.group_size=4",
          "data.max_test_rows=32", "tracking.progress_bar=false",
          # The random model never answers right: a dense reward gives GRPO non-zero advantages.
-         "reward.fns=[{fn:'reward_fns/math.py:compute_score',weight:1.0},{fn:'tests/e2e/shaped_reward.py:score',weight:1.0}]"]
+         "reward.fns=[{fn:'reward_fns/math.py:compute_score',weight:1.0},{fn:'examples/custom_reward.py:concise_number',weight:1.0}]"]
 VOLATILE = ("timing_s/", "perf/", "sync/gbps", "sync/load_s")
 
 
