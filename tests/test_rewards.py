@@ -268,3 +268,13 @@ def test_manager_cold_pool_start_is_not_counted_against_the_timeout(tmp_path):
         m.close()
     assert (r.timeouts, r.errors) == (0, 0)
     assert r.scores_N.tolist() == [0.5]
+
+
+def test_math_gold_answer_from_gsm8k_and_math_solutions():
+    from reward_fns.math import compute_score, gold_answer
+
+    assert gold_answer("Natalia sold 48/2 = 24 clips in May.\n#### 72") == "72"
+    assert gold_answer("so the answer is $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
+    assert gold_answer(" 15 ") == "15"
+    assert compute_score("", "... so she sold 72 clips. #### 72", "She sold 24 in May.\n#### 72")["score"] == 1.0
+    assert compute_score("", "#### 71", "She sold 24 in May.\n#### 72")["score"] == 0.0
