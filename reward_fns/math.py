@@ -55,9 +55,11 @@ MV_TIMEOUT_S = 3  # math-verify parse / verify timeouts (seconds, integer), when
 
 # A number as written in prose: "1,234.5", "42", "-3", ".5", "3/4" (the fallback keeps the fraction).
 # No sign after a word character or bracket, so "3-5" gives 5, not -5.
-_NUM = r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b)?(?:/\d+)?|(?<![\w.])[-+]?\.\d+"
+_NUM = r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b|[ \t]*(?:×|\\times|\\cdot|x|\*)[ \t]*10[ \t]*\^[ \t]*\{?[-+]?\d+\}?)?(?:/\d+)?"
+        r"|(?<![\w.])[-+]?\.\d+"
 _NUM_RE = re.compile(_NUM)
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+_MATHLIKE_START_RE = re.compile(r"\s*(?:[-+−$\\(\[{.\d]|[A-Za-z]\s*=|[A-Ea-e]\W*$|(?:yes|no|true|false)\W*$)", re.I)
 _ANSWER_RE = re.compile(
     r"\banswer\b(?:\s*\*\*|\s*\*)?\s*(?:(?:is|was|would\s+be|should\s+be|will\s+be|=|:)\s*(?:\*\*|\*)?\s*:?)+",
     re.IGNORECASE)
@@ -164,6 +166,8 @@ def _take_expression(tail: str) -> tuple[str, int]:
     for open_, close in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
         if s.startswith(open_, start):
             j = s.find(close, start + len(open_))
+            while open_ == "$" and j > 0 and s[j - 1] == "\\":  # "\$" inside math is a dollar sign
+                j = s.find(close, j + 1)
             if j > 0:
                 inner = s[start + len(open_):j]
                 if open_ != "$" or ("\n" not in inner and not _looks_like_prose(inner)):
@@ -202,7 +206,8 @@ def extract_answer(response: str, fallback_last_number: bool = True) -> tuple[st
         if boxed is None:
             return None, "unclosed boxed"
         return _strip_wrapping(boxed) if boxed.strip() not in ("", "{}") else "", "boxed"
-    m = _HASH_RE.findall(response)
+    # "#### 72"; a markdown heading ("#### Step 1: ...") is not an answer line.
+    m = [h for h in _HASH_RE.findall(response) if _MATHLIKE_START_RE.match(h)]
     if m:
         return _strip_wrapping(m[-1]), "####"
     last = None
@@ -212,7 +217,8 @@ def extract_answer(response: str, fallback_last_number: bool = True) -> tuple[st
     if last is not None:
         after = response[last.end():]
         ans, end = _take_expression(after)
-        if ans:
+        # "the answer is: the number of apples, which is ..." states no answer; fall through.
+        if ans and not re.fullmatch(r"[A-Za-z']+(?:\s+[A-Za-z']+){2,}", ans):
             corrected = _correction(after[end:])
             return (corrected if corrected is not None else ans), "answer is"
     if fallback_last_number:
@@ -242,7 +248,7 @@ _NUMBER_RE = re.compile(
     r"(?P<sci>\s*[eE](?P<e1>[-+]?\d+)|\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*(?:\{\s*(?P<e2>[-+]?\d+)\s*\}|(?P<e3>[-+]?\d+)))?"
     r"\s*(?P<pct>\\?%|percent\b|per\s*cent\b)?(?P<unit>.*)$", re.S)
 _UNIT_TAIL_RE = re.compile(
-    r"^\s*(?:[A-Za-z][A-Za-z.']*(?:\^\{?[23]\}?|[²³])?)(?:\s*(?:/|\s|\bper\b)\s*[A-Za-z][A-Za-z.']*(?:\^\{?[23]\}?|[²³])?)*\s*$")
+    r"^\s*(?:[A-Za-z][A-Za-z.']*(?:\s*\^\s*\{?[23]\}?|[²³])?)(?:\s*(?:/|\s|\bper\b)\s*[A-Za-z][A-Za-z.']*(?:\s*\^\s*\{?[23]\}?|[²³])?)*\s*$")
 
 
 def _unwrap_text_commands(s: str) -> str:
@@ -277,7 +283,7 @@ def _normalize(s: str) -> str:
     s = s.replace("\\$", " ").replace("$", " ")
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![A-Za-z])\s*", "", s)
     s = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\ |\\;|\\!|~)(?=\d{3}\b)", "", s)  # 1{,}000  1\,000
-    s = re.sub(r"\\[,;:! ]|~", " ", s)
+    s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)  # spacing commands (not the "\\\\" row break)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree", "", s)
     s = _unwrap_text_commands(s)

@@ -23,7 +23,7 @@ def test_three_grpo_steps_two_zero3_ranks(tmp_path):
     """3 steps with 2 trainer ranks: checksum held, drift small, metrics finite, checkpoints + HF export load."""
     run_dir = tmp_path / "run"
     proc = run_main([*SMALL, "trainer.total_steps=3", "trainer.world_size=2", "checkpoint.every_steps=2",
-                     f"run_dir={run_dir}"])
+                     "tracking.wandb=true", f"run_dir={run_dir}"], env={"WANDB_MODE": "offline"})
     _check(proc)
     summary = read_summary(run_dir)
     assert summary["steps"] == 3
@@ -43,6 +43,7 @@ def test_three_grpo_steps_two_zero3_ranks(tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000003"
     assert (run_dir / "checkpoints" / "step_000002" / "driver_state.json").exists()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "wandb").glob("offline-run-*")), "tracking.wandb=true logs offline without a network"
     assert "held-out accuracy before" in proc.stdout and "held-out accuracy after" in proc.stdout
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
