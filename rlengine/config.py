@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional
 from rlengine.algos.advantages import ADVANTAGES
 
 SEQUENCE_ALGOS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
-ALGORITHMS = (*SEQUENCE_ALGOS, "sft")
+ALGORITHMS = (*SEQUENCE_ALGOS, "ppo", "sft", "rm")
+STAGES = ("sft", "rm")  # supervised stages: no sampling, no advantages
 
 
 class ConfigError(ValueError):
@@ -86,11 +87,15 @@ class DataConfig(_Frozen):
     system_prompt: Optional[str] = None
     shuffle: bool = True
     max_test_rows: Optional[int] = None
+    # Preference data (algorithm.name=rm): rows {prompt, chosen, rejected}.
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    bad_rows: str = "error"  # error | skip: a preference row with a missing field or chosen == rejected
 
 
 @dataclass
 class AlgorithmConfig(_Frozen):
-    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | sft
+    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | ppo | sft | rm
     group_size: int = 8
     ppo_epochs: int = 1
     minibatches: int = 1  # optimizer steps per ppo epoch
@@ -103,6 +108,14 @@ class AlgorithmConfig(_Frozen):
     kl_in_reward: bool = False  # False: KL as a loss term (GRPO); True: per-token penalty in the reward
     entropy_coef: float = 0.0
     reuse_rollout_logprobs: bool = False  # use vLLM's sampling log-probs as the old log-probs
+    # PPO (name=ppo): per-token rewards, GAE(gamma, lam) with the critic's values, whitened advantages.
+    gamma: float = 1.0
+    lam: float = 0.95
+    value_clip: float = 0.2
+    whiten_advantages: bool = True
+    kl_ctl: str = "fixed"  # fixed | adaptive (Ziegler et al. 2019): the coefficient of KL in the reward
+    kl_target: float = 0.02
+    kl_horizon: float = 10000.0
 
 
 @dataclass
@@ -142,6 +155,25 @@ class TrainerConfig(_Frozen):
 @dataclass
 class ReferenceConfig(_Frozen):
     num_workers: int = 1
+
+
+@dataclass
+class CriticConfig(_Frozen):
+    """The value model (PPO): its own DeepSpeed trainer group, trainer.world_size ranks."""
+
+    model_path: Optional[str] = None  # null: the policy's model.path, with a fresh value head
+    lr: float = 1.0e-5
+
+
+@dataclass
+class RewardModelConfig(_Frozen):
+    """A learned reward model as a Ray actor; its score joins the reward functions with `weight`."""
+
+    path: Optional[str] = None  # a sequence-classification checkpoint (1 label), or tiny:rm
+    tokenizer_path: Optional[str] = None  # when it differs from the policy's, responses are re-tokenized
+    weight: float = 1.0
+    num_workers: int = 1
+    max_length: int = 512
 
 
 @dataclass
@@ -228,6 +260,8 @@ class RootConfig(_Frozen):
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
 
 
 @dataclass(frozen=True)
@@ -239,6 +273,8 @@ class Plan:
     micro_batches_per_minibatch: int  # per rank (DeepSpeed gradient accumulation steps)
     micro_batch_size: int  # per rank
     use_reference: bool
+    use_critic: bool
+    use_reward_model: bool
     advantage: Optional[str]
     eval_max_new_tokens: int
     dtype: str
@@ -266,6 +302,14 @@ def validate(cfg: RootConfig) -> Plan:
     _choice("trainer.zero_stage", t.zero_stage, (0, 1, 2, 3))
     _choice("trainer.lr_schedule", t.lr_schedule, ("constant", "cosine"))
     _choice("tracking.wandb_mode", cfg.tracking.wandb_mode, ("offline", "online"))
+    _choice("algorithm.kl_ctl", a.kl_ctl, ("fixed", "adaptive"))
+    _choice("data.bad_rows", d.bad_rows, ("error", "skip"))
+    if a.name != "ppo" and cfg.critic.model_path is not None:
+        raise ConfigError("critic.model_path", f"algorithm.name={a.name} does not use a critic (only ppo does)")
+    if a.name in STAGES and cfg.reward_model.path is not None:
+        raise ConfigError("reward_model.path", f"algorithm.name={a.name} does not score samples with a reward model")
+    if not 0 <= a.lam <= 1 or not 0 <= a.gamma <= 1:
+        raise ConfigError("algorithm.lam" if not 0 <= a.lam <= 1 else "algorithm.gamma", "must be in [0, 1]")
     for key, value in (("trainer.world_size", t.world_size), ("trainer.total_steps", t.total_steps),
                        ("trainer.lr", t.lr), ("trainer.micro_batch_size", t.micro_batch_size),
                        ("data.prompts_per_step", d.prompts_per_step), ("rollout.max_new_tokens", r.max_new_tokens),
@@ -288,14 +332,15 @@ def validate(cfg: RootConfig) -> Plan:
         raise ConfigError("model.dtype", "float16 is not supported on CPU; use float32 or bfloat16")
     if cfg.resources.device == "cuda" and cfg.resources.gpus_per_trainer <= 0:
         raise ConfigError("resources.gpus_per_trainer", "resources.device=cuda needs gpus_per_trainer > 0")
-    if not cfg.reward.fns and a.name != "sft":
+    if not cfg.reward.fns and cfg.reward_model.path is None and a.name not in STAGES:
         raise ConfigError("reward.fns", "at least one reward function is needed")
     for i, fn in enumerate(cfg.reward.fns):
         if ":" not in fn.fn and "." not in fn.fn:
             raise ConfigError(f"reward.fns[{i}].fn",
                               f"{fn.fn!r} is neither 'path/to/file.py:function' nor 'package.module.function'")
 
-    samples = d.prompts_per_step * (1 if a.name == "sft" else a.group_size)
+    # A preference pair trains as two sequences; ppo samples group_size responses per prompt too.
+    samples = d.prompts_per_step * {"sft": 1, "rm": 2}.get(a.name, a.group_size)
     if samples % a.minibatches:
         raise ConfigError("algorithm.minibatches",
                           f"{samples} samples per step do not split into {a.minibatches} minibatches")
@@ -304,19 +349,24 @@ def validate(cfg: RootConfig) -> Plan:
         raise ConfigError("trainer.world_size",
                           f"a minibatch of {minibatch} samples does not split over {t.world_size} ranks")
     per_rank = minibatch // t.world_size
+    if a.name == "rm" and (per_rank % 2 or min(t.micro_batch_size, per_rank) % 2):
+        raise ConfigError("trainer.micro_batch_size", "preference pairs train as two rows: rows per rank "
+                          f"({per_rank}) and trainer.micro_batch_size must be even")
     micro = min(t.micro_batch_size, per_rank)
     if per_rank % micro:
         raise ConfigError("trainer.micro_batch_size",
                           f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
-    if a.name != "sft" and a.name not in ADVANTAGES:
+    if a.name not in (*STAGES, "ppo") and a.name not in ADVANTAGES:
         raise ConfigError("algorithm.name", f"no advantage estimator registered as {a.name!r}")
     return Plan(
         samples_per_step=samples,
         minibatch_size=minibatch,
         micro_batches_per_minibatch=per_rank // micro,
         micro_batch_size=micro,
-        use_reference=a.kl_coef > 0,
-        advantage=None if a.name == "sft" else a.name,
+        use_reference=a.kl_coef > 0 and a.name not in STAGES,
+        use_critic=a.name == "ppo",
+        use_reward_model=cfg.reward_model.path is not None,
+        advantage=None if a.name in STAGES else a.name,
         eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
         dtype=cfg.model.dtype,
     )

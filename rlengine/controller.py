@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from rlengine.algos.advantages import broadcast_to_tokens, get_advantage
-from rlengine.algos.losses import kl_penalty
+from rlengine.algos.advantages import broadcast_to_tokens, gae, get_advantage, whiten
+from rlengine.algos.losses import AdaptiveKLController, FixedKLController, kl_penalty
 from rlengine.config import Plan, RootConfig
-from rlengine.data import PromptEncoder, PromptLoader, sft_batch
+from rlengine.data import PromptEncoder, PromptLoader, pair_batch, sft_batch
 from rlengine.protocol import Batch
 from rlengine.rewards import RewardManager
 from rlengine.weight_sync import WeightSyncError, compare, compare_engine
@@ -24,8 +24,13 @@ log = logging.getLogger("rlengine")
 @dataclass
 class Roles:
     trainer: WorkerGroup
-    rollout: WorkerGroup
+    rollout: WorkerGroup | None = None
     reference: WorkerGroup | None = None
+    critic: WorkerGroup | None = None
+    reward_model: WorkerGroup | None = None
+
+    def all(self) -> list[WorkerGroup]:
+        return [g for g in (self.rollout, self.reward_model, self.reference, self.critic, self.trainer) if g]
 
 
 class Timer:
@@ -53,6 +58,10 @@ class Controller:
                  encoder: PromptEncoder, loader: PromptLoader, test_rows: list[dict]):
         self.cfg, self.plan, self.roles = cfg, plan, roles
         self.rewards, self.encoder, self.loader, self.test_rows = rewards, encoder, loader, test_rows
+        a = cfg.algorithm
+        # The coefficient of the per-token KL penalty in the reward (PPO); state is checkpointed.
+        self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_ctl == "adaptive"
+                       else FixedKLController(a.kl_coef))
 
     def rl_step(self, step: int) -> dict:
         cfg, a, timer = self.cfg, self.cfg.algorithm, Timer()
@@ -62,21 +71,69 @@ class Controller:
                 batch = self.roles.rollout.map_batch("generate", prompts, a.group_size)  # [B*G, ...]
                 batch = batch.update(group_id=torch.arange(len(prompts)).repeat_interleave(a.group_size))
             with timer("reward"):
-                scored = self.rewards.score(batch["prompt"], batch["response"], batch["ground_truth"], batch["extra"])
-                batch = batch.update(scores=scored.scores_N)
+                batch, scored = self._score(batch)
             if self.plan.use_reference:
                 with timer("ref"):
                     batch = batch.union(self.roles.reference.map_batch("log_probs", batch))
             with timer("old_logp"):
                 batch = batch.union(self.roles.trainer.map_batch("log_probs", batch))
+            if self.plan.use_critic:
+                with timer("values"):
+                    batch = batch.union(self.roles.critic.map_batch("values", batch))
             with timer("adv"):
-                batch = self._advantages(batch)
+                batch = self._gae(batch) if self.plan.use_critic else self._advantages(batch)
             with timer("update"):
                 train_metrics = _mean_dicts(self.roles.trainer.call_split("update_policy", batch))
+                if self.plan.use_critic:
+                    train_metrics.update(_mean_dicts(self.roles.critic.call_split("update_critic", batch)))
             with timer("sync"):
                 sync_metrics = self.sync_weights()
-        return {**self._batch_metrics(batch, scored), **train_metrics, **sync_metrics, **timer.t,
+        metrics = self._batch_metrics(batch, scored)
+        self.kl_ctl.update(metrics.get("actor/ref_kl", 0.0), len(batch))
+        return {**metrics, **train_metrics, **sync_metrics, **timer.t, "actor/kl_coef": self.kl_ctl.value,
                 "perf/throughput_tokens_per_s": float(batch["attention_mask"].sum()) / timer.t["timing_s/step"]}
+
+    def rm_step(self, step: int) -> dict:
+        timer = Timer()
+        with timer("step"):
+            batch = pair_batch(self.encoder.tokenizer, self.loader.next(), self.cfg.data,
+                               self.cfg.reward_model.max_length)
+            with timer("update"):
+                metrics = _mean_dicts(self.roles.trainer.call_split("update_rm", batch))
+        return {**metrics, **timer.t}
+
+    def evaluate_pairs(self) -> dict:
+        """Held-out pairwise accuracy of the reward model being trained: score(chosen) > score(rejected)."""
+        t0 = time.perf_counter()
+        batch = pair_batch(self.encoder.tokenizer, self.test_rows, self.cfg.data, self.cfg.reward_model.max_length)
+        r_N = self.roles.trainer.map_batch("pair_scores", batch)["score"]
+        margin = r_N[0::2] - r_N[1::2]
+        return {"eval/pairwise_accuracy": float((margin > 0).float().mean()), "eval/margin": float(margin.mean()),
+                "eval/n": float(len(margin)), "timing_s/eval": time.perf_counter() - t0}
+
+    def _score(self, batch: Batch):
+        scored = self.rewards.score(batch["prompt"], batch["response"], batch["ground_truth"], batch["extra"])
+        scores_N = scored.scores_N
+        if self.plan.use_reward_model:
+            rm_N = self.roles.reward_model.map_batch("score", batch.select(["prompt", "response"]))["rm_score"]
+            scores_N = scores_N + self.cfg.reward_model.weight * rm_N
+            batch = batch.update(rm_score=rm_N)
+        return batch.update(scores=scores_N, fn_scores=scored.scores_N), scored
+
+    def _gae(self, batch: Batch) -> Batch:
+        """PPO: the sequence score lands on the last response token; the KL penalty (k1, with the
+        controller's coefficient) on every token when kl_in_reward; GAE with the critic's values."""
+        a, mask_BR = self.cfg.algorithm, batch["response_mask"]
+        rewards_BR = torch.zeros_like(mask_BR)
+        last = (batch["response_length"].long() - 1).clamp(min=0)
+        rewards_BR[torch.arange(len(batch)), last] = batch["scores"].float()
+        if self.plan.use_reference and a.kl_in_reward:
+            rewards_BR = rewards_BR - self.kl_ctl.value * kl_penalty(batch["old_logp"], batch["ref_logp"], "k1") * mask_BR
+        adv_BR, returns_BR = gae(rewards_BR, batch["values"], mask_BR, a.gamma, a.lam)
+        if a.whiten_advantages:
+            adv_BR = whiten(adv_BR, mask_BR)
+        old = batch["rollout_logp"] if a.reuse_rollout_logprobs else batch["old_logp"]
+        return batch.update(advantages=adv_BR * mask_BR, returns=returns_BR, token_rewards=rewards_BR, old_logp=old)
 
     def sft_step(self, step: int) -> dict:
         timer = Timer()
@@ -119,6 +176,14 @@ class Controller:
         }
         if "ref_logp" in batch:
             m["actor/ref_kl"] = _masked_mean(batch["old_logp"] - batch["ref_logp"], mask_BR)
+        if "rm_score" in batch:
+            m["reward/rm_mean"] = float(batch["rm_score"].mean())
+            m["reward/fn_mean"] = float(batch["fn_scores"].mean())
+        if "returns" in batch:
+            ret, val = batch["returns"][mask_BR.bool()], batch["values"][mask_BR.bool()]
+            m["critic/vf_explained_var"] = float(1 - (ret - val).var() / ret.var().clamp(min=1e-8))
+            m["critic/values_mean"] = float(val.mean())
+            m["critic/returns_mean"] = float(ret.mean())
         if m["sync/logprob_drift"] > self.cfg.rollout.max_logprob_drift:
             raise WeightSyncError(
                 f"mean |vLLM logp - trainer logp| = {m['sync/logprob_drift']:.4g} exceeds "

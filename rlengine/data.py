@@ -171,3 +171,37 @@ def sft_batch(encoder: PromptEncoder, rows: list[dict], completion_key: str = "c
              + [tok.eos_token_id] for r in rows]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return Batch(tensors=pack_sequences(prompts, comps, None, pad))
+
+
+def check_preference_rows(rows: list[dict], d, path: str) -> tuple[list[dict], int]:
+    """Rows need prompt, chosen and rejected, with chosen != rejected. With data.bad_rows=error a
+    bad row stops the job naming its file and line; with skip it is dropped and counted."""
+    good, skipped = [], 0
+    for row in rows:
+        src = row.get("_source", path)
+        problem = None
+        for key in (d.prompt_key, d.chosen_key, d.rejected_key):
+            if not isinstance(row.get(key), str):
+                problem = f"missing or non-text field '{key}'"
+                break
+        if problem is None and row[d.chosen_key] == row[d.rejected_key]:
+            problem = "chosen == rejected (the pair carries no preference)"
+        if problem is None:
+            good.append(row)
+        elif d.bad_rows == "skip":
+            skipped += 1
+        else:
+            raise DataError(f"{src}: {problem} (set data.bad_rows=skip to drop such rows)")
+    if not good:
+        raise DataError(f"{path}: no usable preference rows")
+    return good, skipped
+
+
+def pair_batch(tokenizer, rows: list[dict], d, max_length: int = 512) -> Batch:
+    """Preference pairs as 2N sequences, chosen and rejected interleaved (rows 2i, 2i+1), so any
+    even split keeps pairs together."""
+    from rlengine.workers.reward_model import encode_texts
+
+    prompts = [r[d.prompt_key] for r in rows for _ in (0, 1)]
+    responses = [r[key] for r in rows for key in (d.chosen_key, d.rejected_key)]
+    return Batch(tensors=encode_texts(tokenizer, prompts, responses, max_length))

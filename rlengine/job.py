@@ -13,7 +13,7 @@ import ray
 from rlengine import checkpoint, tiny
 from rlengine.config import Plan, RootConfig, to_dict
 from rlengine.controller import Controller, Roles
-from rlengine.data import PromptEncoder, PromptLoader, check_rows, load_rows
+from rlengine.data import PromptEncoder, PromptLoader, check_preference_rows, check_rows, load_rows
 from rlengine.placement import check_resources, reserve, role_specs
 from rlengine.rewards import RewardManager
 from rlengine.tracking import Tracker, setup_logging, write_summary
@@ -51,8 +51,10 @@ def start_ray(cfg: RootConfig) -> bool:
     return True
 
 
-def build_roles(cfg: RootConfig, plan: Plan, model_path: str, tokenizer_path: str) -> tuple[Roles, object]:
+def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Roles, object]:
+    from rlengine.workers.critic import CriticWorker
     from rlengine.workers.reference import ReferenceWorker
+    from rlengine.workers.reward_model import RewardModelWorker, RewardTrainerWorker
     from rlengine.workers.rollout import RolloutWorker
     from rlengine.workers.trainer import TrainerWorker
 
@@ -61,47 +63,65 @@ def build_roles(cfg: RootConfig, plan: Plan, model_path: str, tokenizer_path: st
     pg, offsets = reserve(specs)
     spec = {s.name: s for s in specs}
     env = actor_env()
-    port = free_port()
+    ws = cfg.trainer.world_size
 
     def group(name, cls, init):
         s = spec[name]
         return WorkerGroup(name, cls, s.count, pg, offsets[name], s.cpus, s.gpus, init, env)
 
-    trainer = group("trainer", TrainerWorker, lambda rank: (
-        (cfg, plan, model_path, rank, cfg.trainer.world_size, "127.0.0.1", port), {}))
-    rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model_path, tokenizer_path, rank), {}))
-    reference = None
+    def ranks(cls, path):
+        port = free_port()
+        return lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {})
+
+    model, tok = paths["model"], paths["tokenizer"]
+    roles = Roles(trainer=group("trainer", RewardTrainerWorker if cfg.algorithm.name == "rm" else TrainerWorker,
+                                ranks(TrainerWorker, model)))
+    if "rollout" in spec:
+        roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
     if plan.use_reference:
-        reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model_path, plan.micro_batch_size), {}))
+        roles.reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model, plan.micro_batch_size), {}))
+    if plan.use_critic:
+        roles.critic = group("critic", CriticWorker, ranks(CriticWorker, paths["critic"]))
+    if plan.use_reward_model:
+        roles.reward_model = group("reward_model", RewardModelWorker, lambda rank: (
+            (cfg, paths["reward_model"], paths["reward_model_tokenizer"], plan.micro_batch_size), {}))
     # Constructors run concurrently; wait for all (ZeRO-3 ranks must meet to initialise).
-    for g in (trainer, rollout, reference):
-        if g is not None:
-            g.placement()
-    return Roles(trainer=trainer, rollout=rollout, reference=reference), pg
+    for g in roles.all():
+        g.placement()
+    return roles, pg
 
 
-def resolve_model(cfg: RootConfig) -> tuple[str, str]:
-    if cfg.model.path == "tiny:sft" and not tiny.sft_is_built():
-        build_tiny_sft(cfg)
-    model = tiny.resolve_path(cfg.model.path)
-    tok = tiny.resolve_path(cfg.model.tokenizer_path) if cfg.model.tokenizer_path else model
-    return model, tok
+def resolve_paths(cfg: RootConfig) -> dict[str, str]:
+    """Local paths for every model the job loads; `tiny:` artefacts that need training are built first."""
+    wanted = {"model": cfg.model.path, "tokenizer": cfg.model.tokenizer_path or cfg.model.path}
+    if cfg.algorithm.name == "ppo":
+        wanted["critic"] = cfg.critic.model_path or cfg.model.path
+    if cfg.reward_model.path:
+        wanted["reward_model"] = cfg.reward_model.path
+        wanted["reward_model_tokenizer"] = cfg.reward_model.tokenizer_path or cfg.reward_model.path
+    for path in wanted.values():
+        if tiny.is_tiny(path) and tiny.tiny_name(path) in tiny.TRAINED and not tiny.is_built(tiny.tiny_name(path)):
+            build_tiny(tiny.tiny_name(path), cfg)
+    return {k: tiny.resolve_path(v) for k, v in wanted.items()}
 
 
-def build_tiny_sft(parent: RootConfig) -> None:
-    """`tiny:sft` is missing: run recipe=sft_tiny once (deterministic, cached, file-locked)."""
+def build_tiny(name: str, parent: RootConfig) -> None:
+    """A trained `tiny:` artefact is missing: run its recipe once (deterministic, cached, file-locked)."""
     from filelock import FileLock
 
     from rlengine.main import load_config
 
     root = tiny.cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / "sft.lock")):
-        if tiny.sft_is_built():
+    with FileLock(str(root / f"{name}.lock")):
+        if tiny.is_built(name):
             return
-        log.info("tiny:sft not built yet: running recipe=sft_tiny first (one time, cached in %s)", tiny.sft_dir())
-        cfg, plan = load_config("sft_tiny", [f"run_dir={root / 'sft_run'}", f"checkpoint.export_hf_to={tiny.sft_dir()}",
-                                             f"tracking.progress_bar={str(parent.tracking.progress_bar).lower()}"])
+        recipe = tiny.TRAINED[name]
+        log.info("tiny:%s not built yet: running recipe=%s first (one time, cached in %s)",
+                 name, recipe, tiny.trained_dir(name))
+        cfg, plan = load_config(recipe, [f"run_dir={root / (name + '_run')}",
+                                         f"checkpoint.export_hf_to={tiny.trained_dir(name)}",
+                                         f"tracking.progress_bar={str(parent.tracking.progress_bar).lower()}"])
         run(cfg, plan)
 
 
@@ -115,25 +135,31 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
     rewards = RewardManager(cfg.reward)
     d = cfg.data
     train_rows, test_rows = load_rows(d.train_path, d.train_split), load_rows(d.test_path, d.test_split)
-    check_rows(train_rows, (d.prompt_key, d.answer_key), d.train_path)
-    check_rows(test_rows, (d.prompt_key, d.answer_key), d.test_path)
+    if cfg.algorithm.name == "rm":
+        train_rows, skipped = check_preference_rows(train_rows, d, d.train_path)
+        test_rows, skipped_test = check_preference_rows(test_rows, d, d.test_path)
+        if skipped or skipped_test:
+            log.warning("data.bad_rows=skip: dropped %d training and %d test preference rows", skipped, skipped_test)
+    else:
+        check_rows(train_rows, (d.prompt_key, d.answer_key), d.train_path)
+        check_rows(test_rows, (d.prompt_key, d.answer_key), d.test_path)
     if d.max_test_rows:
         test_rows = test_rows[:d.max_test_rows]
     loader = PromptLoader(train_rows, d.prompts_per_step, cfg.seed, d.shuffle)
     own_ray = start_ray(cfg)
     roles = pg = tracker = None
     try:
-        model_path, tok_path = resolve_model(cfg)
-        setup_logging(run_dir)  # a nested tiny:sft build pointed the log elsewhere
-        log.info("run %s: model=%s run_dir=%s", cfg.recipe, model_path, run_dir)
+        paths = resolve_paths(cfg)
+        model_path, tok_path = paths["model"], paths["tokenizer"]
+        setup_logging(run_dir)  # a nested tiny:* build pointed the log elsewhere
+        log.info("run %s: models=%s run_dir=%s", cfg.recipe, paths, run_dir)
         from transformers import AutoTokenizer
 
         encoder = PromptEncoder(AutoTokenizer.from_pretrained(tok_path), d.prompt_key, d.answer_key,
                                 d.chat_template, d.system_prompt, d.max_prompt_tokens)
         t0 = time.time()
-        roles, pg = build_roles(cfg, plan, model_path, tok_path)
-        log.info("roles up in %.1fs; placement: %s", time.time() - t0,
-                 {g.name: g.placement() for g in (roles.trainer, roles.rollout, roles.reference) if g})
+        roles, pg = build_roles(cfg, plan, paths)
+        log.info("roles up in %.1fs; placement: %s", time.time() - t0, {g.name: g.placement() for g in roles.all()})
         ctl = Controller(cfg, plan, roles, rewards, encoder, loader, test_rows)
         tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg))
         summary = _loop(cfg, plan, ctl, roles, tracker, run_dir, tok_path)
@@ -148,50 +174,56 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
             tracker.close()
         rewards.close()
         if roles is not None:
-            for g in (roles.rollout, roles.reference, roles.trainer):
-                if g is not None:
-                    g.kill()
+            for g in roles.all():
+                g.kill()
         if pg is not None:
             ray.util.remove_placement_group(pg)
         if own_ray:
             ray.shutdown()
 
 
+def _evaluate(cfg: RootConfig, ctl: Controller) -> tuple[dict, str, float]:
+    """(metrics, headline name, headline value) for the job's kind of evaluation."""
+    if cfg.algorithm.name == "rm":
+        ev = ctl.evaluate_pairs()
+        return ev, "pairwise accuracy", ev["eval/pairwise_accuracy"]
+    if cfg.algorithm.name == "sft":
+        ctl.sync_weights()  # SFT trains without sampling: push the weights only to evaluate
+    ev = ctl.evaluate()
+    return ev, "accuracy", ev["eval/accuracy"]
+
+
 def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: Tracker, run_dir: Path,
           tok_path: str) -> dict:
-    sft = cfg.algorithm.name == "sft"
-    summary: dict = {"recipe": cfg.recipe, "algorithm": cfg.algorithm.name, "run_dir": str(run_dir),
+    kind = cfg.algorithm.name
+    key = "eval/pairwise_accuracy" if kind == "rm" else "eval/accuracy"
+    step_fn = {"sft": ctl.sft_step, "rm": ctl.rm_step}.get(kind, ctl.rl_step)
+    summary: dict = {"recipe": cfg.recipe, "algorithm": kind, "run_dir": str(run_dir),
                      "resumed_from_step": None, "seed": cfg.seed}
     if cfg.eval.before:
-        if sft:
-            ctl.sync_weights()
-        ev = ctl.evaluate()
-        summary["eval/accuracy_before"] = ev["eval/accuracy"]
-        tracker.note(f"held-out accuracy before: {ev['eval/accuracy']:.3f} (n={int(ev['eval/n'])}, greedy)")
+        ev, name, value = _evaluate(cfg, ctl)
+        summary[f"{key}_before"] = value
+        tracker.note(f"held-out {name} before: {value:.3f} (n={int(ev['eval/n'])}{', greedy' if kind != 'rm' else ''})")
         tracker.log(0, ev, advance=False)
     metrics: dict = {}
     step = 0
     for step in range(1, cfg.trainer.total_steps + 1):
-        metrics = ctl.sft_step(step) if sft else ctl.rl_step(step)
-        every = cfg.eval.every_steps or (cfg.sft.eval_every_steps if sft else 0)
+        metrics = step_fn(step)
+        every = cfg.eval.every_steps or (cfg.sft.eval_every_steps if kind in ("sft", "rm") else 0)
         if every and step % every == 0 and step < cfg.trainer.total_steps:
-            if sft:
-                ctl.sync_weights()
-            metrics.update(ctl.evaluate())
+            metrics.update(_evaluate(cfg, ctl)[0])
         tracker.log(step, metrics)
-        if sft and cfg.sft.stop_at_accuracy is not None and metrics.get("eval/accuracy", 0) >= cfg.sft.stop_at_accuracy:
-            log.info("eval/accuracy %.3f >= sft.stop_at_accuracy: stopping at step %d", metrics["eval/accuracy"], step)
+        if kind == "sft" and cfg.sft.stop_at_accuracy is not None and metrics.get(key, 0) >= cfg.sft.stop_at_accuracy:
+            log.info("%s %.3f >= sft.stop_at_accuracy: stopping at step %d", key, metrics[key], step)
             break
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < cfg.trainer.total_steps:
             save_checkpoint(cfg, ctl, roles, run_dir, step, tok_path, hf=False)
     summary["steps"] = step
     if cfg.eval.after:
-        if sft:
-            ctl.sync_weights()
-        ev = ctl.evaluate()
-        summary["eval/accuracy_after"] = ev["eval/accuracy"]
-        tracker.note(f"held-out accuracy after:  {ev['eval/accuracy']:.3f} (before: "
-                     f"{summary.get('eval/accuracy_before', float('nan')):.3f})")
+        ev, name, value = _evaluate(cfg, ctl)
+        summary[f"{key}_after"] = value
+        summary[key] = value
+        tracker.note(f"held-out {name} after:  {value:.3f} (before: {summary.get(f'{key}_before', float('nan')):.3f})")
         tracker.log(step, ev, advance=False)
         metrics.update(ev)
     final = save_checkpoint(cfg, ctl, roles, run_dir, step, tok_path, hf=cfg.checkpoint.save_hf)
@@ -215,5 +247,6 @@ def save_checkpoint(cfg: RootConfig, ctl: Controller, roles: Roles, run_dir: Pat
     roles.trainer.call_all("save_checkpoint", str(tmp / "trainer"), f"step_{step:06d}")
     if hf:
         roles.trainer.call_all("save_hf", str(tmp / "hf"), tok_path)
-    state = {"step": step, "loader": ctl.loader.state_dict(), "recipe": cfg.recipe, "model": cfg.model.path}
+    state = {"step": step, "loader": ctl.loader.state_dict(), "recipe": cfg.recipe, "model": cfg.model.path,
+             "kl_ctl": ctl.kl_ctl.state_dict()}
     return checkpoint.commit(run_dir, step, state, cfg.checkpoint.keep_last)

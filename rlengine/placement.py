@@ -25,11 +25,16 @@ class PlacementError(RuntimeError):
 def role_specs(cfg: RootConfig, plan: Plan) -> list[RoleSpec]:
     r = cfg.resources
     roles = [RoleSpec("trainer", cfg.trainer.world_size, r.cpus_per_actor, r.gpus_per_trainer)]
-    # Every job has a rollout role: RL samples from it, and all jobs evaluate with it.
-    roles.append(RoleSpec("rollout", cfg.rollout.num_workers, r.cpus_per_actor,
-                          r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
+    # RL samples from the rollout role and SFT evaluates with it; reward-model training needs none.
+    if cfg.algorithm.name != "rm":
+        roles.append(RoleSpec("rollout", cfg.rollout.num_workers, r.cpus_per_actor,
+                              r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
     if plan.use_reference:
         roles.append(RoleSpec("reference", cfg.reference.num_workers, r.cpus_per_actor, r.gpus_per_reference))
+    if plan.use_critic:
+        roles.append(RoleSpec("critic", cfg.trainer.world_size, r.cpus_per_actor, r.gpus_per_trainer))
+    if plan.use_reward_model:
+        roles.append(RoleSpec("reward_model", cfg.reward_model.num_workers, r.cpus_per_actor, r.gpus_per_reference))
     return roles
 
 

@@ -6,7 +6,9 @@ Everything here is deterministic and cached under `$RLENGINE_CACHE` (default
 
     tiny:base   random-initialised model + tokenizer
     tiny:sft    the base model warm-started by recipe=sft_tiny (built by rlengine.main when missing)
+    tiny:rm     a reward model (scalar head) trained by recipe=rm_tiny from tiny:sft
     tiny:train  training prompts (jsonl), tiny:test  the held-out split (disjoint operand pairs)
+    tiny:pref_train / tiny:pref_test  preference pairs {prompt, chosen, rejected} on the same splits
 """
 from __future__ import annotations
 
@@ -61,14 +63,26 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def make_preference(a: int, b: int, rng: random.Random) -> dict:
+    """Chosen: the right sum. Rejected: off by 1..9, so the units digit always differs and a small
+    model can learn the preference from the operands' units digits."""
+    right = a + b
+    wrong = right + rng.choice([d for d in range(-9, 10) if d and right + d >= 0])
+    p = make_problem(a, b)
+    return {"prompt": p["prompt"], "chosen": f" {right}", "rejected": f" {wrong}", "answer": p["answer"]}
+
+
 def build_data(root: Path | None = None) -> Path:
     root = (root or cache_root()) / "data"
-    if (root / "test.jsonl").exists():
+    if (root / "pref_test.jsonl").exists():
         return root
     root.mkdir(parents=True, exist_ok=True)
     train, test = _split_pairs()
     _write_jsonl(root / "train.jsonl", [make_problem(a, b) for a, b in train])
     _write_jsonl(root / "test.jsonl", [make_problem(a, b) for a, b in test])
+    rng = random.Random(2)
+    _write_jsonl(root / "pref_train.jsonl", [make_preference(a, b, rng) for a, b in train])
+    _write_jsonl(root / "pref_test.jsonl", [make_preference(a, b, rng) for a, b in test])
     return root
 
 
@@ -133,8 +147,16 @@ def build_base(root: Path | None = None) -> Path:
     return out
 
 
+# Trained tiny artefacts: name -> the recipe that builds it (rlengine.job runs it when missing).
+TRAINED = {"sft": "sft_tiny", "rm": "rm_tiny"}
+
+
+def trained_dir(name: str, root: Path | None = None) -> Path:
+    return (root or cache_root()) / name
+
+
 def sft_dir(root: Path | None = None) -> Path:
-    return (root or cache_root()) / "sft"
+    return trained_dir("sft", root)
 
 
 def resolve_path(path: str) -> str:
@@ -147,15 +169,20 @@ def resolve_path(path: str) -> str:
     name = tiny_name(path)
     if name == "base":
         return str(build_base())
-    if name == "sft":
-        d = sft_dir()
+    if name in TRAINED:
+        d = trained_dir(name)
         if not (d / "config.json").exists():
-            raise FileNotFoundError(f"{path} is not built yet: run `python -m rlengine.main recipe=sft_tiny`")
+            raise FileNotFoundError(f"{path} is not built yet: run `python -m rlengine.main recipe={TRAINED[name]}`")
         return str(d)
-    if name in ("train", "test"):
+    if name in ("train", "test", "pref_train", "pref_test"):
         return str(build_data() / f"{name}.jsonl")
-    raise ValueError(f"unknown tiny artefact {path!r}; known: tiny:base, tiny:sft, tiny:train, tiny:test")
+    raise ValueError(f"unknown tiny artefact {path!r}; known: tiny:base, tiny:sft, tiny:rm, tiny:train, "
+                     f"tiny:test, tiny:pref_train, tiny:pref_test")
+
+
+def is_built(name: str) -> bool:
+    return (trained_dir(name) / "config.json").exists()
 
 
 def sft_is_built() -> bool:
-    return (sft_dir() / "config.json").exists()
+    return is_built("sft")

@@ -15,7 +15,9 @@ log = logging.getLogger("rlengine")
 # The per-step console line: metric -> short label, in this order.
 CONSOLE_KEYS = {"reward/mean": "reward", "eval/accuracy": "eval_acc", "actor/pg_loss": "pg_loss", "actor/kl": "kl",
                 "actor/entropy": "entropy", "actor/clip_frac": "clip_frac", "actor/grad_norm": "grad_norm",
-                "sft/loss": "sft_loss", "response_length/mean": "resp_len", "sync/logprob_drift": "drift",
+                "sft/loss": "sft_loss", "rm/loss": "rm_loss", "rm/train_accuracy": "rm_acc",
+                "eval/pairwise_accuracy": "eval_pair_acc", "critic/value_loss": "vf_loss",
+                "critic/vf_explained_var": "vf_ev", "reward/rm_mean": "rm_score", "response_length/mean": "resp_len", "sync/logprob_drift": "drift",
                 "timing_s/step": "step_s"}
 
 

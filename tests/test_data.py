@@ -229,3 +229,20 @@ def test_load_rows_parquet(tmp_path):
     rows = load_rows(str(path))
     assert [(r["question"], r["answer"]) for r in rows] == [("1+1?", "2"), ("2+2?", "4")]
     assert rows[1]["_source"] == f"{path}:row 1"
+
+
+def test_preference_rows_skip_mode_counts_and_error_mode_names_the_line(tmp_path):
+    import json
+
+    from rlengine.config import DataConfig
+    from rlengine.data import DataError, check_preference_rows, load_rows
+
+    path = tmp_path / "pref.jsonl"
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"},
+            {"prompt": "p", "chosen": "x", "rejected": "x"}, {"prompt": "p", "chosen": "c", "rejected": "d"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_rows(str(path))
+    good, skipped = check_preference_rows(loaded, DataConfig(bad_rows="skip"), str(path))
+    assert [r["chosen"] for r in good] == ["a", "c"] and skipped == 2
+    with pytest.raises(DataError, match=rf"{path}:2: missing or non-text field 'rejected'"):
+        check_preference_rows(loaded, DataConfig(), str(path))

@@ -45,10 +45,24 @@ def test_build_data_is_deterministic(tmp_path):
     d1 = tiny.build_data(tmp_path / "one")
     d2 = tiny.build_data(tmp_path / "two")
     assert d1 == tmp_path / "one" / "data" and d2 == tmp_path / "two" / "data"
-    for name in ("train.jsonl", "test.jsonl"):
+    names = ["pref_test.jsonl", "pref_train.jsonl", "test.jsonl", "train.jsonl"]
+    for name in names:
         b1, b2 = (d1 / name).read_bytes(), (d2 / name).read_bytes()
         assert b1 and b1 == b2
-    assert sorted(p.name for p in d1.iterdir()) == ["test.jsonl", "train.jsonl"]  # no temp files left
+    assert sorted(p.name for p in d1.iterdir()) == names  # no temp files left
+
+
+def test_preference_pairs_differ_in_the_units_digit(tmp_path):
+    import json
+
+    d = tiny.build_data(tmp_path)
+    rows = [json.loads(line) for line in (d / "pref_test.jsonl").read_text().splitlines()]
+    assert len(rows) == tiny.N_TEST
+    for r in rows:
+        a, b = map(int, r["prompt"][3:].split("=")[0].split("+"))
+        assert r["chosen"] == f" {a + b}" and r["answer"] == str(a + b)
+        wrong = int(r["rejected"])
+        assert wrong >= 0 and 1 <= abs(wrong - (a + b)) <= 9
 
 
 def test_train_and_test_are_disjoint_with_the_documented_sizes(tmp_path):

@@ -75,19 +75,26 @@ class TrainerWorker:
         # Must stay alive while the model is built: from_pretrained then constructs under zero.Init
         # and every rank materialises only its own partition.
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.trainer.zero_stage == 3 else None
-        model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.attn_implementation,
-                               cfg.model.trust_remote_code)
+        model = self._load_model(model_path)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
         t = cfg.trainer
-        optim = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+        optim = torch.optim.AdamW(model.parameters(), lr=self._lr(), betas=(t.adam_beta1, t.adam_beta2),
                                   weight_decay=t.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optim, lr_scheduler=sched, config=self.ds_config)
         self.device = self.engine.device
         self.optimizer_steps = 0
+
+    def _load_model(self, path: str):
+        """Subclasses (critic, reward-model training) load a different head on the same backbone."""
+        m = self.cfg.model
+        return load_causal_lm(path, m.dtype, m.attn_implementation, m.trust_remote_code)
+
+    def _lr(self) -> float:
+        return self.cfg.trainer.lr
 
     @property
     def module(self):
