@@ -3,22 +3,32 @@
     compute_score(prompt, response, ground_truth, fallback_last_number=True, **extra)
         -> {"score": 1.0 | 0.0, "extracted": str | None, "reason": str}
 
+ground_truth: the answer string (or a number), a GSM8K solution ending in "#### 72", a MATH solution
+with a ``\\boxed{}`` answer (see `gold_answer`), or a list of acceptable answers.
+
 It never raises: any internal error scores 0.0 with the error in `reason` (the one exception is the
 reward manager's own per-call timeout, which is let through so that it is counted as a timeout).
 
-Extraction (first rule that applies wins; `extract_answer` returns (answer, how)):
+Extraction (first rule that applies wins; `extract_answer` returns (answer, how)).  R1-style
+responses: only the text after the last ``</think>`` is searched (nothing there: no answer), and if
+it holds ``<answer>...</answer>`` the last such block is searched with rules 1-3, else its whole
+content is the answer ("answer tag").
 
 1. "boxed": the content of the LAST ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces balanced;
    ``\\boxed 5`` also accepted).  The box wins over anything the text says, and with several boxes the
    last one is the answer, even if an earlier box holds the right one.  An empty box gives "" (score
    0); a last box that is never closed (a truncated response) gives no answer (score 0).
-2. "####": the text after the last GSM8K ``#### `` marker, up to the end of that line.
+2. "####": the text after the last GSM8K ``#### `` marker, up to the end of that line (a markdown
+   heading such as "#### Step 1: ..." is not an answer line and is skipped).
 3. "answer is": the expression after the last "answer is" / "answer:" / "answer =" (also "final
    answer", "answer would/should/will be", markdown ``**Answer:**``), taken up to the end of its
    clause (sentence end, newline, ", since", " because", ...), so "The answer is 7, since 3+4=7"
    gives "7".  ``$...$``, ``\\(...\\)``, ``\\[...\\]`` are taken whole; ``$12.50`` is a price.  A
-   self-correction right after it wins: "The answer is 5... actually 6" gives "6".
-4. "last number" (only with ``fallback_last_number=True``, the default): the last number in the text.
+   self-correction right after it wins: "The answer is 5... actually 6" gives "6".  "answer is not
+   5" and an "answer" that is only words ("the answer is: the number of apples, ...") are skipped.
+4. "whole response" (only with ``fallback_last_number=True``, the default): a short one-line
+   response that is nothing but an expression ("$\\frac{1}{2}$", "\\(2x+2\\)", "(1, 2]", "x = 5").
+5. "last number" (only with ``fallback_last_number=True``): the last number in the text.
 
 Equivalence (`is_equivalent(answer, ground_truth)`), after normalising both sides (LaTeX delimiters,
 ``\\left``/``\\right``, spacing commands, ``\\dfrac``/``\\tfrac``, ``\\text{..}`` unwrapped, currency
@@ -31,21 +41,24 @@ unit words "5 cm", "12 dollars", "3 km/h", "4 square feet"):
   is written as a decimal, values that agree after rounding to 6 decimal places also match (as
   math-verify does, so "0.333333" == "1/3" but "0.33" != "1/3"); below 1e-3 the agreement must be
   relative (1e-6), so "1e-7" != "2e-7".
-* Percent policy (the same as math-verify's for "%"): "p%" (also "p\\%", "p percent") matches the bare
-  number p and the fraction p/100, so "50%" matches "50", "50%", "50\\%" and "0.5"; two bare numbers
-  never match across the factor 100 ("0.5" != "50").
+* Percent policy (math-verify's for "50%", applied here to "50\\%" and "50 percent" too): "p%" on
+  either side matches the bare number p and the fraction p/100, so "50%" matches "50", "50%",
+  "50\\%" and "0.5"; two bare numbers never match across the factor 100 ("0.5" != "50").
 * Text answers: equal after normalisation (case-insensitive for plain words; "(B)" == "B").
 * Everything else goes to math-verify (LaTeX and plain expressions, intervals, sets, tuples,
-  matrices, symbolic equality "2x+2" == "2(x+1)").  Its own signal-based timeouts are used when we
-  are on the main thread and no outer alarm is armed; on other threads (signals are main-thread only)
-  and under the reward manager's alarm they are off, and answers that could explode (power towers,
-  huge factorials) are refused up front.
+  matrices, symbolic equality "2x+2" == "2(x+1)").  Its timeouts are SIGALRM alarms, which only work
+  on the main thread: there each parse / verify call gets min(MV_TIMEOUT_S, what is left of an alarm
+  already armed, e.g. the reward manager's per-call one), and that outer alarm is re-armed afterwards
+  (math-verify would otherwise cancel it).  Off the main thread they are off, and answers that could
+  explode (power towers, huge factorials) are refused up front.  Bracket nesting deeper than 30 is
+  always refused.
 """
 from __future__ import annotations
 
 import re
 import signal
 import threading
+import time
 from fractions import Fraction
 
 __all__ = ["compute_score", "extract_answer", "last_boxed", "is_equivalent", "gold_answer"]
@@ -55,8 +68,9 @@ MV_TIMEOUT_S = 3  # math-verify parse / verify timeouts (seconds, integer), when
 
 # A number as written in prose: "1,234.5", "42", "-3", ".5", "3/4" (the fallback keeps the fraction).
 # No sign after a word character or bracket, so "3-5" gives 5, not -5.
-_NUM = r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b|[ \t]*(?:×|\\times|\\cdot|x|\*)[ \t]*10[ \t]*\^[ \t]*\{?[-+]?\d+\}?)?(?:/\d+)?"
-        r"|(?<![\w.])[-+]?\.\d+"
+_NUM = (r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?"
+        r"(?:[eE][-+]?\d+\b|[ \t]*(?:×|\\times|\\cdot|x|\*)[ \t]*10[ \t]*\^[ \t]*\{?[-+]?\d+\}?)?(?:/\d+)?"
+        r"|(?<![\w.])[-+]?\.\d+")
 _NUM_RE = re.compile(_NUM)
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
 _MATHLIKE_START_RE = re.compile(r"\s*(?:[-+−$\\(\[{.\d]|[A-Za-z]\s*=|[A-Ea-e]\W*$|(?:yes|no|true|false)\W*$)", re.I)
@@ -73,6 +87,11 @@ _CORRECTION_RE = re.compile(
 _STOP_WORDS_RE = re.compile(
     r"\s+(?:since|because|as|which|so|given|where|when|for|from|thus|hence|therefore|but|then|if|i\.e\.|"
     r"e\.g\.|not)\b|\s+\((?=[A-Za-z]{2,})", re.IGNORECASE)
+
+
+# Words between "answer is" and the answer itself.
+_FILLER_RE = re.compile(r"(?:(?:approximately|approx\.?|about|around|roughly|exactly|equal\s+to|just|therefore|thus|"
+                        r"then|so|simply|clearly|now)\s+)+", re.IGNORECASE)
 
 
 class _TooComplex(Exception):
@@ -160,9 +179,9 @@ def _take_expression(tail: str) -> tuple[str, int]:
     number with no LaTeX partner is a price)."""
     s = tail[:600]
     start = len(s) - len(s.lstrip(" \t*:="))
-    m = re.match(r"(?:(?:approximately|approx\.?|about|around|roughly|exactly|equal\s+to|just|therefore|thus|then|so|simply|clearly|now)\s+)+", s[start:], re.I)
+    m = _FILLER_RE.match(s, start)
     if m:
-        start += m.end()
+        start = m.end()
     for open_, close in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
         if s.startswith(open_, start):
             j = s.find(close, start + len(open_))
@@ -197,10 +216,46 @@ def _correction(after: str) -> str | None:
     return None
 
 
+def _whole_response_answer(response: str) -> str | None:
+    """A response that is nothing but one expression: "$\\frac{1}{2}$", "\\(2x+2\\)", "(1, 2]", "x = 5"."""
+    text = response.strip()
+    if not text or len(text) > 200:
+        return None
+    for o, c in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if len(text) > len(o) + len(c) and text.startswith(o) and text.endswith(c) \
+                and o not in text[len(o):-len(c)] and c not in text[len(o):-len(c)]:
+            inner = text[len(o):-len(c)].strip()
+            return _strip_wrapping(inner) or None
+    if "\n" in text or "$" in text:
+        return None
+    bare = re.sub(r"\\[A-Za-z]+", " ", text)  # LaTeX commands are not words
+    if re.search(r"[A-Za-z]{2,}", bare) or not re.search(r"[\dA-Za-z]", bare):
+        return None
+    return _strip_wrapping(text) or None
+
+
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+
+
 def extract_answer(response: str, fallback_last_number: bool = True) -> tuple[str | None, str]:
-    """Returns (answer, how it was found): how is "boxed", "####", "answer is", "last number",
-    "unclosed boxed" (answer None) or "none" (answer None)."""
+    """Returns (answer, how it was found): how is "boxed", "####", "answer is", "answer tag",
+    "whole response", "last number"; or, with answer None, "unclosed boxed", "nothing after </think>"
+    or "none"."""
     response = str(response)
+    if "</think>" in response:  # R1-style: the reasoning is not the answer
+        response = response.rsplit("</think>", 1)[1]
+        if not response.strip():
+            return None, "nothing after </think>"
+    tags = _ANSWER_TAG_RE.findall(response)
+    if tags:
+        answer, how = _extract(tags[-1], fallback_last_number=False)
+        if answer is None and how == "none":
+            return _strip_wrapping(tags[-1]), "answer tag"
+        return answer, how
+    return _extract(response, fallback_last_number)
+
+
+def _extract(response: str, fallback_last_number: bool) -> tuple[str | None, str]:
     if _BOX_RE.search(response):
         boxed = last_boxed(response)
         if boxed is None:
@@ -222,6 +277,9 @@ def extract_answer(response: str, fallback_last_number: bool = True) -> tuple[st
             corrected = _correction(after[end:])
             return (corrected if corrected is not None else ans), "answer is"
     if fallback_last_number:
+        whole = _whole_response_answer(response)
+        if whole is not None:
+            return whole, "whole response"
         nm = None
         for nm in _NUM_RE.finditer(response):
             pass
@@ -232,23 +290,28 @@ def extract_answer(response: str, fallback_last_number: bool = True) -> tuple[st
 
 # ------------------------------------------------------------------------------------- normalising
 
-_UNIT_WORDS = {  # units that may stand without a space after the number ("5cm") or as one letter ("5 m")
+# Unit abbreviations accepted as one letter ("5 m") or glued to the number ("10kg").  Letters that are
+# usually variables (n, k, x, ...) are not units here: "5k" is not 5.  (math-verify, which sees what the
+# fast path leaves, has its own unit list and also reads e.g. "5t" and "5d" as 5 tonnes / 5 days.)
+_UNIT_WORDS = {
     "m", "cm", "mm", "km", "g", "kg", "mg", "l", "ml", "s", "h", "hr", "hrs", "min", "mins", "sec", "secs",
-    "ft", "in", "yd", "mi", "lb", "lbs", "oz", "mph", "kph", "kmh", "deg", "k", "c", "f", "w", "kw", "v",
-    "j", "n", "pa", "hz", "sq", "cu", "t",
+    "ft", "in", "yd", "mi", "lb", "lbs", "oz", "mph", "kph", "kmh", "deg", "kw", "pa", "hz", "sq", "cu",
 }
+# Words after a number that make it an expression, not a quantity with a unit.
 _MATH_WORDS = {"pi", "e", "i", "j", "inf", "infinity", "infty", "sqrt", "log", "ln", "sin", "cos", "tan", "exp",
-               "x", "y", "z", "n", "mod", "or", "and", "to", "plus", "minus", "times", "over", "divided",
-               "root", "squared", "cubed", "i.e", "not"}
-_SCALE = {"thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
+               "mod", "or", "and", "to", "plus", "minus", "times", "over", "divided", "root", "squared", "cubed",
+               "not"}
+_SCALE = {"hundred": 10 ** 2, "thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
 _NUMBER_BODY = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
 _NUMBER_RE = re.compile(
-    r"^(?P<sign>[-+])?\s*(?:(?P<frac>\\frac\{\s*(?P<fn>[-+]?\d+)\s*\}\{\s*(?P<fd>\d+)\s*\}|\\frac(?P<fn2>\d)(?P<fd2>\d))"
+    r"^(?P<sign>[-+])?\s*"
+    r"(?:(?P<frac>\\frac\{\s*(?P<fn>[-+]?\d+)\s*\}\{\s*(?P<fd>\d+)\s*\}|\\frac(?P<fn2>\d)(?P<fd2>\d))"
     r"|(?P<num>" + _NUMBER_BODY + r")(?:\s*/\s*(?P<den>\d+))?)"
-    r"(?P<sci>\s*[eE](?P<e1>[-+]?\d+)|\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*(?:\{\s*(?P<e2>[-+]?\d+)\s*\}|(?P<e3>[-+]?\d+)))?"
+    r"(?P<sci>\s*[eE](?P<e1>[-+]?\d+)"
+    r"|\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*(?:\{\s*(?P<e2>[-+]?\d+)\s*\}|(?P<e3>[-+]?\d+)))?"
     r"\s*(?P<pct>\\?%|percent\b|per\s*cent\b)?(?P<unit>.*)$", re.S)
-_UNIT_TAIL_RE = re.compile(
-    r"^\s*(?:[A-Za-z][A-Za-z.']*(?:\s*\^\s*\{?[23]\}?|[²³])?)(?:\s*(?:/|\s|\bper\b)\s*[A-Za-z][A-Za-z.']*(?:\s*\^\s*\{?[23]\}?|[²³])?)*\s*$")
+_UNIT = r"[A-Za-z][A-Za-z.']*(?:\s*\^\s*\{?[23]\}?|[²³])?"  # cm, cm^2, sq.
+_UNIT_TAIL_RE = re.compile(r"^\s*" + _UNIT + r"(?:\s*(?:/|\s|\bper\b)\s*" + _UNIT + r")*\s*$")
 
 
 def _unwrap_text_commands(s: str) -> str:
@@ -264,9 +327,9 @@ def _unwrap_text_commands(s: str) -> str:
 def _normalize(s: str) -> str:
     """Cheap, meaning-preserving clean-up applied to both sides before comparing."""
     s = str(s).strip()
-    s = s.replace("−", "-").replace("–", "-").replace("×", "\\times ").replace("·", "\\cdot ").replace("÷", "\\div ")
-    s = s.replace("π", "\\pi ").replace("∞", "\\infty ").replace("√", "\\sqrt").replace("≤", "\\le ").replace("≥", "\\ge ")
-    s = s.replace("\u00a0", " ")
+    for u, latex in (("−", "-"), ("–", "-"), ("×", "\\times "), ("·", "\\cdot "), ("÷", "\\div "), ("π", "\\pi "),
+                     ("∞", "\\infty "), ("√", "\\sqrt"), ("≤", "\\le "), ("≥", "\\ge "), ("\u00a0", " ")):
+        s = s.replace(u, latex)
     for _ in range(3):  # outer delimiters, possibly nested ("$\boxed{..}$" already unboxed)
         before = s
         s = s.strip()
@@ -285,6 +348,8 @@ def _normalize(s: str) -> str:
     s = re.sub(r"(?<=\d)(?:\{,\}|\\,|\\ |\\;|\\!|~)(?=\d{3}\b)", "", s)  # 1{,}000  1\,000
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)  # spacing commands (not the "\\\\" row break)
     s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\langle\b\s*", "(", s)
+    s = re.sub(r"\s*\\rangle\b", ")", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree", "", s)
     s = _unwrap_text_commands(s)
     s = s.replace("\\displaystyle", "")
@@ -299,9 +364,32 @@ def _strip_assignment(s: str) -> str:
     return m.group(1).strip() if m and not re.search(r"[<>]", s) else s
 
 
+_SMALL = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+          "sixteen seventeen eighteen nineteen").split()
+_TENS = {w: 10 * k for k, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if k > 1}
+_WORD_NUM_RE = re.compile(r"^(?P<neg>minus\s+|negative\s+)?(?P<a>[a-z]+)(?:[-\s](?P<b>[a-z]+))?(?P<rest>(?:\s.*)?)$",
+                          re.S)
+
+
+def _number_words(s: str) -> str:
+    """"five" -> "5", "twenty-one apples" -> "21 apples" (0 to 99 only); anything else unchanged."""
+    m = _WORD_NUM_RE.match(s.strip().lower())
+    if not m:
+        return s
+    a, b = m.group("a"), m.group("b")
+    if a in _TENS and b in _SMALL[1:10]:
+        n, rest = _TENS[a] + _SMALL.index(b), m.group("rest")
+    elif a in _TENS or a in _SMALL:
+        n = _TENS.get(a, _SMALL.index(a) if a in _SMALL else 0)
+        rest = (" " + b if b else "") + m.group("rest")
+    else:
+        return s
+    return ("-" if m.group("neg") else "") + str(n) + rest
+
+
 def _parse_number(s: str) -> tuple[Fraction, bool, bool] | None:
     """(value, is_percent, written_as_decimal) for a plain number, possibly with a unit; else None."""
-    s = _strip_assignment(s)
+    s = _number_words(_strip_assignment(s))
     m = _NUMBER_RE.match(s.strip())
     if not m:
         return None
@@ -314,12 +402,12 @@ def _parse_number(s: str) -> tuple[Fraction, bool, bool] | None:
         if words[0].lower() in _SCALE:
             scale = _SCALE[words[0].lower()]
             words = words[1:]
-        attached = not m.group("unit")[:1].isspace()
+        attached = not m.group("unit")[:1].isspace()  # "10kg", "5x"
         for k, w in enumerate(words):
             wl = w.lower()
-            if wl in _MATH_WORDS and not (wl in _UNIT_WORDS and k > 0):
-                return None
-            if (len(w) == 1 or (k == 0 and attached)) and wl not in _UNIT_WORDS and not (k == 0 and attached and len(w) > 2):
+            if wl in _UNIT_WORDS:
+                continue
+            if wl in _MATH_WORDS or len(w) == 1 or (k == 0 and attached and len(w) < 3):
                 return None
     try:
         if m.group("frac"):
@@ -380,37 +468,90 @@ def _text_key(s: str) -> str:
 
 # ------------------------------------------------------------------------------------ math-verify
 
-def _signal_timeouts_usable() -> tuple[bool, bool]:
-    """(math-verify may use its own SIGALRM timeouts, an outer alarm is armed)."""
-    if threading.current_thread() is not threading.main_thread():
-        return False, False
-    try:
-        outer = signal.getitimer(signal.ITIMER_REAL)[0] > 0
-    except (AttributeError, OSError):
-        return False, False
-    return not outer, outer
+class _Deadline:
+    """math-verify's timeouts are SIGALRM alarms: usable on the main thread only, and they replace
+    (then cancel) any alarm already armed, such as the reward manager's per-call one.  On the main
+    thread each math-verify call gets min(MV_TIMEOUT_S, time left on the outer alarm) and the outer
+    alarm is re-armed afterwards with what is left of it; if nothing is left, its handler is run right
+    here (math-verify catches exceptions, so an alarm going off inside it would be lost), and the
+    manager still sees its timeout.  Off the main thread: no timeouts (None)."""
+
+    def __init__(self):
+        self.main = threading.current_thread() is threading.main_thread()
+        self.outer_at = None
+        self.outer_handler = None
+        if self.main:
+            left = signal.getitimer(signal.ITIMER_REAL)[0]
+            if left > 0:
+                self.outer_at = time.monotonic() + left
+                self.outer_handler = signal.getsignal(signal.SIGALRM)
+
+    def timeout(self) -> int | None:
+        if not self.main:
+            return None
+        if self.outer_at is None:
+            return MV_TIMEOUT_S
+        return max(1, min(MV_TIMEOUT_S, int(-(-(self.outer_at - time.monotonic()) // 1))))  # ceil
+
+    def _expire(self):
+        """The outer alarm's time is up: deliver it here, where nothing swallows it."""
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.outer_handler)
+        if callable(self.outer_handler):
+            self.outer_handler(signal.SIGALRM, None)
+        elif self.outer_handler == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGALRM)
+
+    def call(self, fn, *args, **kwargs):
+        if self.outer_at is not None and time.monotonic() >= self.outer_at:
+            self._expire()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if self.outer_at is not None:
+                signal.signal(signal.SIGALRM, self.outer_handler)
+                left = self.outer_at - time.monotonic()
+                if left > 0:
+                    signal.setitimer(signal.ITIMER_REAL, left)
+                else:
+                    self._expire()
 
 
-def _too_complex(s: str) -> bool:
-    """Inputs that make sympy explode: power towers, huge factorials, deep nesting."""
-    if re.search(r"\^\s*\{[^{}]*\^|\^\s*\d+\s*\^|\*\*[^*]*\*\*", s):
-        return True
-    if re.search(r"\d{4,}\s*!", s) or s.count("{") > 60 or s.count("(") > 60:
-        return True
+def _too_deep(s: str, limit: int = 30) -> bool:
+    """Bracket nesting deeper than any real answer (the parser crawls on it)."""
+    depth = 0
+    for c in s:
+        if c in "{([":
+            depth += 1
+            if depth > limit:
+                return True
+        elif c in "})]":
+            depth -= 1
     return False
 
 
-def _mv_equal(answer: str, gold: str, timeout_s: int | None) -> bool:
+def _too_complex(s: str) -> bool:
+    """Inputs that make sympy explode without a timeout to stop it: power towers, huge factorials."""
+    return bool(re.search(r"\^\s*\{[^{}]*\^|\^\s*\d+\s*\^|\*\*[^*]*\*\*|\d{4,}\s*!", s))
+
+
+def _mv_equal(answer: str, gold: str) -> bool:
     from math_verify import parse, verify
 
-    if timeout_s is None and (_too_complex(answer) or _too_complex(gold)):
+    if _too_deep(answer) or _too_deep(gold):
+        raise _TooComplex("too deeply nested to verify")
+    clock = _Deadline()
+    if clock.timeout() is None and (_too_complex(answer) or _too_complex(gold)):
         raise _TooComplex("too complex to verify without a timeout")
-    kw = {"parsing_timeout": timeout_s}  # None: off (math-verify then only logs a warning once)
-    g = parse(f"${gold}$", **kw) or parse(gold, **kw)
-    p = parse(f"${answer}$", **kw) or parse(answer, **kw)
-    if not g or not p:
+
+    def p(text: str):  # timeout None: off (math-verify then logs a warning once)
+        return clock.call(parse, text, parsing_timeout=clock.timeout())
+
+    g = p(f"${gold}$") or p(gold)
+    a = p(f"${answer}$") or p(answer)
+    if not g or not a:
         return False
-    return bool(verify(g, p, timeout_seconds=timeout_s))
+    return bool(clock.call(verify, g, a, timeout_seconds=clock.timeout()))
 
 
 def is_equivalent(answer: str, ground_truth: str) -> bool:
@@ -429,8 +570,7 @@ def is_equivalent(answer: str, ground_truth: str) -> bool:
         a = _drop_unit(a)
     if gn is not None:
         g = _drop_unit(g)
-    own_timeouts, _ = _signal_timeouts_usable()
-    return _mv_equal(a, g, MV_TIMEOUT_S if own_timeouts else None)
+    return _mv_equal(a, g)
 
 
 def gold_answer(ground_truth) -> str:
@@ -449,15 +589,15 @@ def compute_score(prompt: str, response: str, ground_truth, fallback_last_number
 
     ground_truth: the answer string (or a number), a GSM8K solution ending in "#### x", a MATH
     solution with a \\boxed{} answer, or a list of acceptable answers."""
-    answer = None
-    own, outer = False, False
+    answer, outer = None, False
     try:
-        own, outer = _signal_timeouts_usable()
+        outer = _Deadline().outer_at is not None
         if ground_truth is None:
             return {"score": 0.0, "extracted": None, "reason": "no ground truth"}
         answer, how = extract_answer("" if response is None else str(response), fallback_last_number)
         if answer is None:
-            why = "unclosed \\boxed (truncated response?)" if how == "unclosed boxed" else "no answer found"
+            why = {"unclosed boxed": "unclosed \\boxed (truncated response?)",
+                   "nothing after </think>": "nothing after </think>"}.get(how, "no answer found")
             return {"score": 0.0, "extracted": None, "reason": why}
         if not answer.strip():
             return {"score": 0.0, "extracted": answer, "reason": f"{how}: empty answer"}
@@ -472,5 +612,5 @@ def compute_score(prompt: str, response: str, ground_truth, fallback_last_number
         if outer and threading.current_thread() is threading.main_thread() \
                 and signal.getitimer(signal.ITIMER_REAL)[0] == 0:
             raise
-        kind = "too complex" if isinstance(e, _TooComplex) else f"error: {type(e).__name__}: {e}"[:300]
+        kind = str(e) if isinstance(e, _TooComplex) else f"error: {type(e).__name__}: {e}"[:300]
         return {"score": 0.0, "extracted": answer, "reason": kind}

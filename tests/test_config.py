@@ -58,7 +58,8 @@ def test_grpo_tiny_plan_by_hand():
     cfg, plan = load_config("grpo_tiny", [])
     # 32 prompts x 8 samples, 1 minibatch, 1 rank, micro_batch_size 256
     assert plan == Plan(samples_per_step=256, minibatch_size=256, micro_batches_per_minibatch=1,
-                        micro_batch_size=256, use_reference=True, advantage="grpo",
+                        micro_batch_size=256, use_reference=True, use_critic=False,
+                        use_reward_model=False, advantage="grpo",
                         eval_max_new_tokens=8, dtype="float32")
     assert cfg.model.path == "tiny:sft"
     assert cfg.resources.device == "cpu"
@@ -68,7 +69,8 @@ def test_sft_tiny_plan_by_hand():
     cfg, plan = load_config("sft_tiny", [])
     # sft: one sample per prompt; kl_coef defaults to 0 -> no reference
     assert plan == Plan(samples_per_step=64, minibatch_size=64, micro_batches_per_minibatch=1,
-                        micro_batch_size=64, use_reference=False, advantage=None,
+                        micro_batch_size=64, use_reference=False, use_critic=False,
+                        use_reward_model=False, advantage=None,
                         eval_max_new_tokens=8, dtype="float32")
     assert cfg.model.path == "tiny:base"
 
@@ -164,7 +166,11 @@ def test_unknown_recipe_lists_available():
     (["rollout.top_p=1.5"], "rollout.top_p", "(0, 1]"),
     (["rollout.top_p=0"], "rollout.top_p", "(0, 1]"),
     (["rollout.top_p=-0.1"], "rollout.top_p", "(0, 1]"),
-    (["algorithm.name=ppo"], "algorithm.name", "'ppo'"),
+    (["algorithm.name=a2c"], "algorithm.name", "'a2c'"),
+    # a critic with an algorithm that has none (DESIGN: grpo with a critic is impossible)
+    (["critic.model_path=/some/critic"], "critic.model_path", "does not use a critic"),
+    (["algorithm.name=sft", "reward_model.path=tiny:rm"], "reward_model.path", "does not score"),
+    (["algorithm.lam=1.5"], "algorithm.lam", "[0, 1]"),
     (["model.dtype=float16"], "model.dtype", "CPU"),
     (["resources.device=cuda"], "resources.gpus_per_trainer", "gpus_per_trainer > 0"),
     (["trainer.lr=0"], "trainer.lr", "> 0"),
