@@ -83,9 +83,11 @@ class Controller:
             with timer("adv"):
                 batch = self._gae(batch) if self.plan.use_critic else self._advantages(batch)
             with timer("update"):
+                # Policy and critic are separate actors with separate optimizers: update them at once.
+                critic_refs = self.roles.critic.submit_split("update_critic", batch) if self.plan.use_critic else []
                 train_metrics = _mean_dicts(self.roles.trainer.call_split("update_policy", batch))
-                if self.plan.use_critic:
-                    train_metrics.update(_mean_dicts(self.roles.critic.call_split("update_critic", batch)))
+                if critic_refs:
+                    train_metrics.update(_mean_dicts(ray.get(critic_refs)))
             with timer("sync"):
                 sync_metrics = self.sync_weights()
         metrics = self._batch_metrics(batch, scored)

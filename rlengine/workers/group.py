@@ -52,9 +52,13 @@ class WorkerGroup:
     def call_rank0(self, method: str, *args, **kwargs):
         return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
 
-    def call_split(self, method: str, batch: Batch, *args, **kwargs) -> list:
+    def submit_split(self, method: str, batch: Batch, *args, **kwargs) -> list:
+        """Like call_split, but returns the object refs at once (for overlapping two roles' work)."""
         shards = batch.split(len(self.actors))
-        return ray.get([getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)])
+        return [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)]
+
+    def call_split(self, method: str, batch: Batch, *args, **kwargs) -> list:
+        return ray.get(self.submit_split(method, batch, *args, **kwargs))
 
     def map_batch(self, method: str, batch: Batch, *args, **kwargs) -> Batch:
         return Batch.concat(self.call_split(method, batch, *args, **kwargs))

@@ -17,3 +17,34 @@ def test_grpo_tiny_default_learns(tmp_path):
     # The printed numbers agree with plain transformers greedy decoding of the exported checkpoint.
     sep = greedy_accuracy(s["hf_checkpoint"], "tiny:test", 8, "reward_fns/math.py:compute_score")
     assert sep["accuracy"] == pytest.approx(s["eval/accuracy_after"], abs=0.01)
+
+
+def test_rm_tiny_reaches_90_percent_pairwise():
+    """The tiny reward model (built once, cached as tiny:rm) ranks held-out pairs >= 90% right."""
+    import json
+
+    from rlengine import tiny
+
+    run_dir = tiny.cache_root() / "rm_run"
+    if not tiny.is_built("rm"):
+        proc = run_main(["recipe=rm_tiny", f"run_dir={run_dir}", f"checkpoint.export_hf_to={tiny.trained_dir('rm')}",
+                         "tracking.progress_bar=false"], timeout=1200)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["eval/pairwise_accuracy_after"] >= 0.9, s["eval/pairwise_accuracy_after"]
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(str(tiny.trained_dir("rm"))).config.num_labels == 1
+
+
+def test_ppo_tiny_learns_and_value_loss_falls(tmp_path):
+    from tests.conftest import read_metrics
+
+    run_dir = tmp_path / "run"
+    proc = run_main(["recipe=ppo_tiny", f"run_dir={run_dir}", "tracking.progress_bar=false"], timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    s = read_summary(run_dir)
+    gain = s["eval/accuracy_after"] - s["eval/accuracy_before"]
+    assert gain >= 0.15, f"held-out accuracy {s['eval/accuracy_before']:.3f} -> {s['eval/accuracy_after']:.3f}"
+    vf = [m["critic/value_loss"] for m in read_metrics(run_dir) if "critic/value_loss" in m]
+    assert sum(vf[-10:]) / 10 < sum(vf[:10]) / 10, "the critic's value loss did not fall"

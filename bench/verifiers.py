@@ -1,0 +1,82 @@
+"""Verifier throughput: math answers/s and code test runs/s through the reward manager's process
+pool, at 1 and 2 workers, on a fixed set.
+
+    .venv/bin/python bench/verifiers.py [--math 2000] [--code 40]
+
+Writes bench/results/verifiers.json and prints a markdown table (copied into the README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rlengine.config import RewardConfig, RewardFnConfig  # noqa: E402
+from rlengine.rewards import RewardManager  # noqa: E402
+
+
+def math_set(n: int, seed: int = 0) -> list[tuple]:
+    rng = random.Random(seed)
+    forms = [
+        lambda a, r: f"We add them. The answer is {r}.",
+        lambda a, r: f"Step by step... so the result is \\boxed{{{r}}}",
+        lambda a, r: f"Computing gives {r}.\n#### {r}",
+        lambda a, r: f"<think>{a} then more</think> \\boxed{{\\frac{{{2 * r}}}{{2}}}}",
+        lambda a, r: f"It is {r + rng.choice([0, 1])}",
+        lambda a, r: f"The answer is $\\boxed{{{r}.0}}$ dollars",
+    ]
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        rows.append((f"What is {a}+{b}?", forms[i % len(forms)](a, a + b), str(a + b), {}))
+    return rows
+
+
+def code_set(n: int) -> list[tuple]:
+    rows = []
+    for i in range(n):
+        body = f"def f(x):\n    return x * {i % 7} + 1\n"
+        tests = [f"assert f({k}) == {k * (i % 7) + 1}" for k in range(3)]
+        rows.append(("write f", f"```python\n{body}```", {"tests": tests}, {}))
+    return rows
+
+
+def measure(fn: str, rows: list[tuple], workers: int, per_row_runs: int = 1) -> dict:
+    mgr = RewardManager(RewardConfig(fns=[RewardFnConfig(fn=fn)], num_workers=workers, timeout_s=30))
+    cols = [list(c) for c in zip(*rows)]
+    mgr.score(*[c[:4] for c in cols])  # warm-up: pool start and imports are not part of the figure
+    t0 = time.perf_counter()
+    res = mgr.score(*cols)
+    dt = time.perf_counter() - t0
+    mgr.close()
+    return {"items": len(rows), "seconds": dt, "per_s": len(rows) * per_row_runs / dt,
+            "mean_score": float(res.scores_N.mean()), "errors": res.errors, "timeouts": res.timeouts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--math", type=int, default=2000)
+    ap.add_argument("--code", type=int, default=40)
+    args = ap.parse_args()
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "math": {},
+           "code": {}}
+    for w in (1, 2):
+        out["math"][w] = measure("reward_fns/math.py:compute_score", math_set(args.math), w)
+        out["code"][w] = measure("reward_fns/code.py:compute_score", code_set(args.code), w, per_row_runs=3)
+    Path(__file__).resolve().parent.joinpath("results", "verifiers.json").write_text(json.dumps(out, indent=2))
+    print("| verifier | workers | throughput | mean score |\n|---|---|---|---|")
+    for kind, unit in (("math", "answers/s"), ("code", "test runs/s")):
+        for w in (1, 2):
+            r = out[kind][w]
+            print(f"| {kind} | {w} | {r['per_s']:.0f} {unit} | {r['mean_score']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
