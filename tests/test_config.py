@@ -373,3 +373,15 @@ def test_cli_subprocess_bad_key_exits_2_fast():
     assert "algorithm.group_sise" in p.stderr
     assert "Traceback" not in p.stderr
     assert elapsed < 10, f"took {elapsed:.1f}s"
+
+
+def test_ppo_qwen_math_requests_a_critic_per_trainer_rank():
+    from rlengine.placement import required, role_specs
+
+    cfg, plan = load_config("ppo_qwen_math", [])
+    assert cfg.algorithm.name == "ppo" and plan.use_critic and plan.use_reference
+    assert cfg.model.dtype == "bfloat16" and cfg.resources.device == "cuda"
+    roles = {r.name: r for r in role_specs(cfg, plan)}
+    assert set(roles) == {"trainer", "rollout", "reference", "critic"}
+    # 4 policy ranks + 4 critic ranks + 4 vLLM workers + 1 reference, one GPU each
+    assert required(list(roles.values()))["GPU"] == 4 + 4 + 4 + 1
