@@ -227,6 +227,14 @@ class ResourcesConfig(_Frozen):
     # Ray CPU units reserved per actor.  Fractions let the whole topology share a 2-core laptop:
     # the phases of a step run one after another, so the actors do not compete for cores.
     cpus_per_actor: float = 0.25
+    # Nodes each role spreads over (default 1: the role's actors are STRICT_PACKed on one node).
+    role_nodes: Dict[str, int] = field(default_factory=dict)
+    # Extra Ray resources per role's actor, e.g. {trainer: {node_a: 0.1}} to pin a role to nodes
+    # that advertise that custom resource.
+    role_resources: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    # Trainer and rollout share their bundles (devices): rollout worker i sits in trainer rank i's
+    # bundle and each takes half of it. On GPU vLLM sleeps while the trainer runs.
+    colocate: bool = False
 
 
 @dataclass
@@ -332,6 +340,15 @@ def validate(cfg: RootConfig) -> Plan:
         raise ConfigError("model.dtype", "float16 is not supported on CPU; use float32 or bfloat16")
     if cfg.resources.device == "cuda" and cfg.resources.gpus_per_trainer <= 0:
         raise ConfigError("resources.gpus_per_trainer", "resources.device=cuda needs gpus_per_trainer > 0")
+    roles = {"trainer", "rollout", "reference", "critic", "reward_model"}
+    for key, table in (("resources.role_nodes", cfg.resources.role_nodes),
+                       ("resources.role_resources", cfg.resources.role_resources)):
+        for role in table:
+            if role not in roles:
+                raise ConfigError(f"{key}.{role}", f"unknown role; roles are {sorted(roles)}")
+    if cfg.resources.colocate and r.num_workers > t.world_size:
+        raise ConfigError("resources.colocate", f"colocating {r.num_workers} rollout workers needs as many trainer "
+                                                f"ranks (trainer.world_size={t.world_size})")
     if not cfg.reward.fns and cfg.reward_model.path is None and a.name not in STAGES:
         raise ConfigError("reward.fns", "at least one reward function is needed")
     for i, fn in enumerate(cfg.reward.fns):

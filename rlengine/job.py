@@ -14,7 +14,7 @@ from rlengine import checkpoint, tiny
 from rlengine.config import Plan, RootConfig, to_dict
 from rlengine.controller import Controller, Roles
 from rlengine.data import PromptEncoder, PromptLoader, check_preference_rows, check_rows, load_rows
-from rlengine.placement import check_resources, reserve, role_specs
+from rlengine.placement import alive_nodes, check_resources, describe, release, reserve, role_specs
 from rlengine.rewards import RewardManager
 from rlengine.tracking import Tracker, setup_logging, write_summary
 from rlengine.workers.group import WorkerGroup, free_port
@@ -59,15 +59,20 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
     from rlengine.workers.trainer import TrainerWorker
 
     specs = role_specs(cfg, plan)
-    check_resources(specs, ray.cluster_resources())
-    pg, offsets = reserve(specs)
+    check_resources(specs, ray.cluster_resources(), alive_nodes())
+    colocate = cfg.resources.colocate and cfg.algorithm.name != "rm"
+    pgs = reserve(specs, colocate_with="trainer" if colocate else None)
     spec = {s.name: s for s in specs}
     env = actor_env()
     ws = cfg.trainer.world_size
 
     def group(name, cls, init):
-        s = spec[name]
-        return WorkerGroup(name, cls, s.count, pg, offsets[name], s.cpus, s.gpus, init, env)
+        s = spec["trainer" if name == "rollout" and colocate else name]
+        pg, offset = pgs[name]
+        share = 0.5 if colocate and name in ("trainer", "rollout") else 1.0  # two actors per bundle
+        count = cfg.rollout.num_workers if name == "rollout" else s.count
+        return WorkerGroup(name, cls, count, pg, offset, s.cpus * share, s.gpus * share, init, env,
+                           custom={k: v * share for k, v in s.custom.items()})
 
     def ranks(cls, path):
         port = free_port()
@@ -76,7 +81,7 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
     model, tok = paths["model"], paths["tokenizer"]
     roles = Roles(trainer=group("trainer", RewardTrainerWorker if cfg.algorithm.name == "rm" else TrainerWorker,
                                 ranks(TrainerWorker, model)))
-    if "rollout" in spec:
+    if "rollout" in pgs:
         roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
     if plan.use_reference:
         roles.reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model, plan.micro_batch_size), {}))
@@ -88,7 +93,7 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
     # Constructors run concurrently; wait for all (ZeRO-3 ranks must meet to initialise).
     for g in roles.all():
         g.placement()
-    return roles, pg
+    return roles, pgs
 
 
 def resolve_paths(cfg: RootConfig) -> dict[str, str]:
@@ -147,7 +152,7 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
         test_rows = test_rows[:d.max_test_rows]
     loader = PromptLoader(train_rows, d.prompts_per_step, cfg.seed, d.shuffle)
     own_ray = start_ray(cfg)
-    roles = pg = tracker = None
+    roles = pgs = tracker = None
     try:
         paths = resolve_paths(cfg)
         model_path, tok_path = paths["model"], paths["tokenizer"]
@@ -158,11 +163,13 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
         encoder = PromptEncoder(AutoTokenizer.from_pretrained(tok_path), d.prompt_key, d.answer_key,
                                 d.chat_template, d.system_prompt, d.max_prompt_tokens)
         t0 = time.time()
-        roles, pg = build_roles(cfg, plan, paths)
-        log.info("roles up in %.1fs; placement: %s", time.time() - t0, {g.name: g.placement() for g in roles.all()})
+        roles, pgs = build_roles(cfg, plan, paths)
+        where = describe({g.name: [p["node_id"] for p in g.placement()] for g in roles.all()})
+        log.info("roles up in %.1fs; placement: %s", time.time() - t0, where)
         ctl = Controller(cfg, plan, roles, rewards, encoder, loader, test_rows)
         tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg))
         summary = _loop(cfg, plan, ctl, roles, tracker, run_dir, tok_path)
+        summary["placement"] = where
         summary["wall_time_s"] = time.time() - started
         write_summary(run_dir, summary)
         log.info("done: %s", {k: summary[k] for k in ("eval/accuracy_before", "eval/accuracy_after", "steps",
@@ -176,8 +183,8 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
         if roles is not None:
             for g in roles.all():
                 g.kill()
-        if pg is not None:
-            ray.util.remove_placement_group(pg)
+        if pgs is not None:
+            release(pgs)
         if own_ray:
             ray.shutdown()
 

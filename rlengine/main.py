@@ -160,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rlengine.data import DataError
     from rlengine.job import run
+    from rlengine.placement import PlacementError
 
     try:
         run(cfg, plan)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, PlacementError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

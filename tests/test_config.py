@@ -291,8 +291,8 @@ def test_grpo_qwen_math_placement_by_hand():
     with pytest.raises(PlacementError) as ei:
         check_resources(specs, {"CPU": 2})
     msg = str(ei.value)
-    assert "CPU: need 36, cluster has 2" in msg
-    assert "GPU: need 9, cluster has 0" in msg
+    assert "CPU: need 36 (trainer 4x4, rollout 4x4, reference 1x4), cluster has 2 (short 34)" in msg
+    assert "GPU: need 9 (trainer 4x1, rollout 4x1, reference 1x1), cluster has 0 (short 9)" in msg
     check_resources(specs, {"CPU": 36, "GPU": 9})  # exactly enough: no error
 
 
@@ -385,3 +385,13 @@ def test_ppo_qwen_math_requests_a_critic_per_trainer_rank():
     assert set(roles) == {"trainer", "rollout", "reference", "critic"}
     # 4 policy ranks + 4 critic ranks + 4 vLLM workers + 1 reference, one GPU each
     assert required(list(roles.values()))["GPU"] == 4 + 4 + 4 + 1
+
+
+def test_strict_pack_role_must_fit_one_node():
+    from rlengine.placement import PlacementError, RoleSpec, check_resources
+
+    trainer = RoleSpec("trainer", 8, 1.0, 1.0)  # 8 GPUs, packed on one node by default
+    nodes = [{"CPU": 16.0, "GPU": 4.0}, {"CPU": 16.0, "GPU": 4.0}]
+    with pytest.raises(PlacementError, match=r"role trainer needs .*'GPU': 8.0.* short \{'GPU': 4.0\}.*role_nodes.trainer"):
+        check_resources([trainer], {"CPU": 32.0, "GPU": 8.0}, nodes)
+    check_resources([RoleSpec("trainer", 8, 1.0, 1.0, nodes=2)], {"CPU": 32.0, "GPU": 8.0}, nodes)  # spread: fits

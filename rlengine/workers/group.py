@@ -30,14 +30,15 @@ class WorkerGroup:
     """
 
     def __init__(self, name: str, cls: type, n: int, pg, bundle_offset: int, num_cpus: float, num_gpus: float,
-                 init: Callable[[int], tuple[tuple, dict]], env: dict[str, str] | None = None):
+                 init: Callable[[int], tuple[tuple, dict]], env: dict[str, str] | None = None,
+                 custom: dict[str, float] | None = None):
         self.name = name
         remote_cls = ray.remote(cls)
         self.actors = []
         for rank in range(n):
             args, kwargs = init(rank)
             opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "name": None,
-                                    "runtime_env": {"env_vars": env or {}}}
+                                    "resources": dict(custom or {}), "runtime_env": {"env_vars": env or {}}}
             if pg is not None:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=bundle_offset + rank)

@@ -1,0 +1,57 @@
+"""The project's sbatch script on a real single-node SLURM, and the scripts' hygiene."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.slurm_fixture import Slurm, missing
+from tests.conftest import REPO, read_summary
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = missing()
+    if why:
+        pytest.skip(why)
+    s = Slurm(tmp_path_factory.mktemp("slurm")).start()
+    yield s
+    s.stop()
+
+
+def test_sbatch_runs_grpo_tiny_and_propagates_success(slurm, tmp_path):
+    run_dir = tmp_path / "run"
+    job = slurm.sbatch([f"--output={tmp_path}/job-%j.out", "--cpus-per-task=2",
+                        str(REPO / "cluster/slurm/rlengine.sbatch"), "recipe=grpo_tiny", "model.path=tiny:base",
+                        "trainer.total_steps=2", "data.prompts_per_step=8", "algorithm.group_size=4",
+                        "data.max_test_rows=16", "tracking.progress_bar=false", f"run_dir={run_dir}"],
+                       cwd=REPO, env={"RLENGINE_PYTHON": sys.executable})
+    st = slurm.wait(job, timeout=600)
+    log = next(tmp_path.glob("job-*.out")).read_text()
+    assert st["JobState"] == "COMPLETED" and st["ExitCode"] == "0:0", log[-4000:]
+    assert "all 1 node(s) joined" in log
+    s = read_summary(run_dir)
+    assert s["steps"] == 2 and s["final_metrics"]["sync/checksum_ok"] == 1.0
+    # Our Ray processes are gone (killed by PID), and nobody called `ray stop`.
+    left = subprocess.run(["pgrep", "-f", f"rl-{job}/ray"], capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes of job {job} left behind: {left}"
+
+
+def test_driver_failure_propagates_exit_code(slurm, tmp_path):
+    job = slurm.sbatch([f"--output={tmp_path}/job-%j.out", str(REPO / "cluster/slurm/rlengine.sbatch"),
+                        "recipe=grpo_tiny", "algorithm.group_sise=4"], cwd=REPO, env={"RLENGINE_PYTHON": sys.executable})
+    st = slurm.wait(job, timeout=300)
+    log = next(tmp_path.glob("job-*.out")).read_text()
+    assert st["JobState"] == "FAILED" and st["ExitCode"] == "2:0", (st, log[-3000:])
+    assert "algorithm.group_sise" in log
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (.ci/run installs it)")
+def test_cluster_scripts_are_shellcheck_clean():
+    scripts = sorted(str(p) for p in (REPO / "cluster").rglob("*") if p.suffix in (".sh", ".sbatch"))
+    assert scripts
+    out = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
