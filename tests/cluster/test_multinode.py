@@ -36,3 +36,12 @@ def test_not_enough_resources_fails_before_any_actor(tmp_path):
     assert proc.returncode == 2
     assert "GPU: need 4 (trainer 2x2), cluster has 0 (short 4)" in proc.stderr, proc.stderr[-3000:]
     assert "roles up" not in proc.stderr
+
+
+def test_colocated_rollout_shares_the_trainer_bundle(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_main([*SMALL, "resources.colocate=true", f"run_dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    s = read_summary(run_dir)
+    assert s["placement"]["rollout"][0]["node_id"] == s["placement"]["trainer"][0]["node_id"]
+    assert s["final_metrics"]["sync/checksum_ok"] == 1.0 and s["final_metrics"]["sync/logprob_drift"] < 1e-4
