@@ -64,7 +64,7 @@ class Controller:
                        else FixedKLController(a.kl_coef))
 
     def rl_step(self, step: int) -> dict:
-        cfg, a, timer = self.cfg, self.cfg.algorithm, Timer()
+        a, timer = self.cfg.algorithm, Timer()
         with timer("step"):
             prompts = self._prompts(self.loader.next(), step)
             with timer("rollout"):
