@@ -55,3 +55,19 @@ def test_cluster_scripts_are_shellcheck_clean():
     assert scripts
     out = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
+
+
+def test_a_node_that_never_joins_fails_the_job_naming_it(slurm, tmp_path):
+    """The allocation's node list names a node that cannot start Ray (it is not in the allocation):
+    the join wait times out, names it, exits 3, and this job's Ray head is stopped."""
+    script = REPO / "cluster/slurm/rlengine.sbatch"
+    wrap = (f"SLURM_JOB_NODELIST=localhost,ghost RLENGINE_JOIN_TIMEOUT=15 RLENGINE_HEAD_IP=127.0.0.1 "
+            f"bash {script} recipe=grpo_tiny model.path=tiny:base")
+    job = slurm.sbatch([f"--output={tmp_path}/job-%j.out", "--wrap", wrap], cwd=REPO,
+                       env={"RLENGINE_PYTHON": sys.executable})
+    st = slurm.wait(job, timeout=180)
+    log = next(tmp_path.glob("job-*.out")).read_text()
+    assert st["JobState"] == "FAILED" and st["ExitCode"] == "3:0", (st, log[-3000:])
+    assert "missing: ['ghost']" in log and "did not form" in log
+    left = subprocess.run(["pgrep", "-f", f"rl-{job}/ray"], capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes of job {job} left behind: {left}"
