@@ -74,19 +74,19 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
         return WorkerGroup(name, cls, count, pg, offset, s.cpus * share, s.gpus * share, init, env,
                            custom={k: v * share for k, v in s.custom.items()})
 
-    def ranks(cls, path):
+    def ranks(path):
         port = free_port()
         return lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {})
 
     model, tok = paths["model"], paths["tokenizer"]
     roles = Roles(trainer=group("trainer", RewardTrainerWorker if cfg.algorithm.name == "rm" else TrainerWorker,
-                                ranks(TrainerWorker, model)))
+                                ranks(model)))
     if "rollout" in pgs:
         roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
     if plan.use_reference:
         roles.reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model, plan.micro_batch_size), {}))
     if plan.use_critic:
-        roles.critic = group("critic", CriticWorker, ranks(CriticWorker, paths["critic"]))
+        roles.critic = group("critic", CriticWorker, ranks(paths["critic"]))
     if plan.use_reward_model:
         roles.reward_model = group("reward_model", RewardModelWorker, lambda rank: (
             (cfg, paths["reward_model"], paths["reward_model_tokenizer"], plan.micro_batch_size), {}))
