@@ -209,6 +209,14 @@ class CheckpointConfig(_Frozen):
 
 
 @dataclass
+class FaultConfig(_Frozen):
+    # Ray restarts a dead rollout / reference / reward-model actor up to this many times over the
+    # run; the step's work is then redone (rollout workers first get the current weights).
+    max_restarts: int = 3
+    restart_timeout_s: float = 600.0  # waiting for a restarted actor to come back
+
+
+@dataclass
 class TrackingConfig(_Frozen):
     project: str = "rlengine"
     experiment: Optional[str] = None
@@ -255,6 +263,10 @@ class RootConfig(_Frozen):
     recipe: str = "grpo_tiny"
     seed: int = 1
     run_dir: Optional[str] = None  # default: outputs/<recipe>/<timestamp>
+    # auto: continue from the newest complete checkpoint of run_dir (without run_dir: of the newest
+    # unfinished run of this recipe with the same config); never: start fresh; PATH: that
+    # checkpoint (or run directory).
+    resume: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -270,6 +282,7 @@ class RootConfig(_Frozen):
     sft: SFTConfig = field(default_factory=SFTConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
 
 @dataclass(frozen=True)
@@ -326,8 +339,11 @@ def validate(cfg: RootConfig) -> Plan:
         _positive(key, value)
     for key, value in (("rollout.temperature", r.temperature), ("algorithm.kl_coef", a.kl_coef),
                        ("checkpoint.every_steps", cfg.checkpoint.every_steps),
-                       ("trainer.warmup_steps", t.warmup_steps)):
+                       ("trainer.warmup_steps", t.warmup_steps), ("fault.max_restarts", cfg.fault.max_restarts),
+                       ("checkpoint.keep_last", cfg.checkpoint.keep_last)):
         _positive(key, value, allow_zero=True)
+    if not cfg.resume:
+        raise ConfigError("resume", "must be auto, never, or the path of a checkpoint or run directory")
     if not 0 < r.top_p <= 1:
         raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if a.dual_clip is not None and a.dual_clip <= 1:

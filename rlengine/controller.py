@@ -62,19 +62,52 @@ class Controller:
         # The coefficient of the per-token KL penalty in the reward (PPO); state is checkpointed.
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_ctl == "adaptive"
                        else FixedKLController(a.kl_coef))
+        self.faults = {f"faults/{g.name}_restarts": 0 for g in roles.all() if g.max_restarts}
+
+    def state_dict(self) -> dict:
+        """Everything of the driver's that the next step depends on (JSON-able)."""
+        return {"loader": self.loader.state_dict(), "kl_ctl": self.kl_ctl.state_dict(), "faults": dict(self.faults)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.faults.update({k: v for k, v in state.get("faults", {}).items() if k in self.faults})
+
+    def _redo(self, group: WorkerGroup, method: str, batch: Batch, *args) -> Batch:
+        """group.map_batch, redone when one of the group's actors dies and Ray restarts it.
+
+        Rollout, reference and reward-model actors are restartable: their work is a function of
+        the batch (and, for rollout, of the weights, which are pushed again before redoing it;
+        per-prompt seeds make the redone samples the same). Trainer and critic ranks are not:
+        their death propagates and stops the run, which then resumes from its last checkpoint.
+        """
+        while True:
+            try:
+                return group.map_batch(method, batch, *args)
+            except ray.exceptions.RayActorError as e:
+                key = f"faults/{group.name}_restarts"
+                if not group.max_restarts or self.faults[key] >= group.max_restarts:
+                    raise
+                self.faults[key] += 1
+                log.warning("a %s actor died during %s (%s); waiting for Ray to restart it (restart %d of at most %d)",
+                            group.name, method, type(e).__name__, self.faults[key], group.max_restarts)
+                group.wait_ready(self.cfg.fault.restart_timeout_s)
+                if group is self.roles.rollout:
+                    self.sync_weights()
 
     def rl_step(self, step: int) -> dict:
-        a, timer = self.cfg.algorithm, Timer()
+        a, timer, roles = self.cfg.algorithm, Timer(), self.roles
         with timer("step"):
             prompts = self._prompts(self.loader.next(), step)
             with timer("rollout"):
-                batch = self.roles.rollout.map_batch("generate", prompts, a.group_size)  # [B*G, ...]
-                batch = batch.update(group_id=torch.arange(len(prompts)).repeat_interleave(a.group_size))
+                batch = self._redo(roles.rollout, "generate", prompts, a.group_size)  # [B*G, ...]
+                batch = batch.update(group_id=torch.arange(len(prompts)).repeat_interleave(a.group_size)).with_info(
+                    step=step)
             with timer("reward"):
                 batch, scored = self._score(batch)
             if self.plan.use_reference:
                 with timer("ref"):
-                    batch = batch.union(self.roles.reference.map_batch("log_probs", batch))
+                    batch = batch.union(self._redo(roles.reference, "log_probs", batch))
             with timer("old_logp"):
                 batch = batch.union(self.roles.trainer.map_batch("log_probs", batch))
             if self.plan.use_critic:
@@ -92,7 +125,7 @@ class Controller:
                 sync_metrics = self.sync_weights()
         metrics = self._batch_metrics(batch, scored)
         self.kl_ctl.update(metrics.get("actor/ref_kl", 0.0), len(batch))
-        return {**metrics, **train_metrics, **sync_metrics, **timer.t, "actor/kl_coef": self.kl_ctl.value,
+        return {**metrics, **train_metrics, **sync_metrics, **timer.t, **self.faults, "actor/kl_coef": self.kl_ctl.value,
                 "perf/throughput_tokens_per_s": float(batch["attention_mask"].sum()) / timer.t["timing_s/step"]}
 
     def rm_step(self, step: int) -> dict:
@@ -117,7 +150,7 @@ class Controller:
         scored = self.rewards.score(batch["prompt"], batch["response"], batch["ground_truth"], batch["extra"])
         scores_N = scored.scores_N
         if self.plan.use_reward_model:
-            rm_N = self.roles.reward_model.map_batch("score", batch.select(["prompt", "response"]))["rm_score"]
+            rm_N = self._redo(self.roles.reward_model, "score", batch.select(["prompt", "response"]))["rm_score"]
             scores_N = scores_N + self.cfg.reward_model.weight * rm_N
             batch = batch.update(rm_score=rm_N)
         return batch.update(scores=scores_N, fn_scores=scored.scores_N), scored
@@ -150,7 +183,7 @@ class Controller:
         # One sampling seed per prompt, fixed by (seed, step, index): same data, same samples,
         # however the prompts are split over rollout workers.
         base = (self.cfg.seed * 1_000_003 + step * 7919) % (2**31)
-        return prompts.update(sample_seed=[base + i for i in range(len(rows))])
+        return prompts.update(sample_seed=[base + i for i in range(len(rows))]).with_info(step=step)
 
     def _advantages(self, batch: Batch) -> Batch:
         a, mask_BR = self.cfg.algorithm, batch["response_mask"]
@@ -219,7 +252,7 @@ class Controller:
         """Greedy accuracy on the held-out split: the first reward function's score >= 1 counts as correct."""
         t0 = time.perf_counter()
         prompts = self.encoder.to_batch(self.test_rows)
-        out = self.roles.rollout.map_batch("generate", prompts, 1, 0, True, self.plan.eval_max_new_tokens)
+        out = self._redo(self.roles.rollout, "generate", prompts, 1, 0, True, self.plan.eval_max_new_tokens)
         scored = self.rewards.score(out["prompt"], out["response"], out["ground_truth"], out["extra"])
         first = scored.per_fn[0]
         return {"eval/accuracy": float((first >= 1.0 - 1e-6).float().mean()),

@@ -5,12 +5,14 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
 import ray
 
-from rlengine import checkpoint, tiny
+from rlengine import checkpoint, faults, resume, tiny
 from rlengine.config import Plan, RootConfig, to_dict
 from rlengine.controller import Controller, Roles
 from rlengine.data import PromptEncoder, PromptLoader, check_preference_rows, check_rows, load_rows
@@ -23,8 +25,43 @@ log = logging.getLogger("rlengine")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def default_run_dir(cfg: RootConfig) -> Path:
-    return Path(cfg.run_dir or Path("outputs") / cfg.recipe / time.strftime("%Y%m%d-%H%M%S")).resolve()
+class RunInterrupted(RuntimeError):
+    """The run stopped before its last step and can be resumed (exit code 75, EX_TEMPFAIL)."""
+
+    exit_code = 75
+
+
+class GracefulStop:
+    """SIGTERM / SIGINT: finish the current step, write a checkpoint, stop. A second signal
+    abandons the step at once (the last checkpoint stays the newest)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        return self.install()
+
+    def install(self):
+        """(Re)install the handlers: ray.init puts its own SIGTERM handler (abort) on the driver,
+        so this runs again once Ray is up."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old = signal.signal(sig, self._handle)
+                self._old.setdefault(sig, old)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            raise RunInterrupted(f"{name} again: abandoning the current step without a checkpoint")
+        self.signum = signum
+        log.warning("%s: finishing the current step, then writing a checkpoint and stopping "
+                    "(send it again to stop at once)", name)
 
 
 def actor_env() -> dict[str, str]:
@@ -33,7 +70,8 @@ def actor_env() -> dict[str, str]:
            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning"),
            "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    for k in ("RLENGINE_CACHE", "HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT"):
+    for k in ("RLENGINE_CACHE", "HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT",
+              faults.ENV, faults.STATE_ENV):
         if k in os.environ:
             env[k] = os.environ[k]
     return env
@@ -71,8 +109,9 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
         pg, offset = pgs[name]
         share = 0.5 if colocate and name in ("trainer", "rollout") else 1.0  # two actors per bundle
         count = cfg.rollout.num_workers if name == "rollout" else s.count
+        restarts = cfg.fault.max_restarts if name in ("rollout", "reference", "reward_model") else 0
         return WorkerGroup(name, cls, count, pg, offset, s.cpus * share, s.gpus * share, init, env,
-                           custom={k: v * share for k, v in s.custom.items()})
+                           custom={k: v * share for k, v in s.custom.items()}, max_restarts=restarts)
 
     def ranks(path):
         port = free_port()
@@ -131,12 +170,20 @@ def build_tiny(name: str, parent: RootConfig) -> None:
 
 
 def run(cfg: RootConfig, plan: Plan) -> dict:
+    with GracefulStop() as stop:
+        return _run(cfg, plan, stop)
+
+
+def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
     started = time.time()
-    run_dir = default_run_dir(cfg)
+    run_dir = resume.choose_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
+    # Everything that can be checked without Ray is checked before it starts: the checkpoint to
+    # resume from, reward functions, data.
+    ckpt = resume.find_checkpoint(cfg, run_dir)
+    state = resume.check_compatible(cfg, plan, ckpt) if ckpt is not None else None
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    # Everything that can be checked without Ray is checked before it starts: reward functions, data.
     rewards = RewardManager(cfg.reward)
     d = cfg.data
     train_rows, test_rows = load_rows(d.train_path, d.train_split), load_rows(d.test_path, d.test_split)
@@ -151,11 +198,15 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
     if d.max_test_rows:
         test_rows = test_rows[:d.max_test_rows]
     loader = PromptLoader(train_rows, d.prompts_per_step, cfg.seed, d.shuffle)
+    if faults.ENV in os.environ:
+        os.environ.setdefault(faults.STATE_ENV, str(run_dir / ".faults"))
     own_ray = start_ray(cfg)
+    stop.install()
     roles = pgs = tracker = None
+    ok = False
     try:
         paths = resolve_paths(cfg)
-        model_path, tok_path = paths["model"], paths["tokenizer"]
+        tok_path = paths["tokenizer"]
         setup_logging(run_dir)  # a nested tiny:* build pointed the log elsewhere
         log.info("run %s: models=%s run_dir=%s", cfg.recipe, paths, run_dir)
         from transformers import AutoTokenizer
@@ -167,22 +218,46 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
         where = describe({g.name: [p["node_id"] for p in g.placement()] for g in roles.all()})
         log.info("roles up in %.1fs; placement: %s", time.time() - t0, where)
         ctl = Controller(cfg, plan, roles, rewards, encoder, loader, test_rows)
-        tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg))
-        summary = _loop(cfg, plan, ctl, roles, tracker, run_dir, tok_path)
+        start_step, summary = 0, {}
+        if ckpt is not None:
+            resume.restore_files(ckpt, run_dir)
+            start_step = resume.restore(ckpt, state, ctl, roles)
+            summary = dict(state.get("summary", {}))
+            if roles.rollout is not None:
+                ctl.sync_weights()  # the rollout engines start from the initial model
+            log.info("resumed from %s: continuing at step %d of %d", ckpt, start_step + 1, cfg.trainer.total_steps)
+        else:
+            resume.fresh_start(run_dir)
+        tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg), start_step)
+        if ckpt is not None:
+            tracker.note(f"resumed from {ckpt} (step {start_step})")
+        summary = _loop(cfg, plan, ctl, roles, tracker, run_dir, tok_path, start_step, summary, stop)
         summary["placement"] = where
         summary["wall_time_s"] = time.time() - started
         write_summary(run_dir, summary)
         log.info("done: %s", {k: summary[k] for k in ("eval/accuracy_before", "eval/accuracy_after", "steps",
                                                       "wall_time_s") if k in summary})
         print(f"summary: {run_dir / 'summary.json'}", flush=True)
+        ok = True
         return summary
+    except ray.exceptions.RayActorError as e:
+        last, _ = checkpoint.newest_complete(run_dir)
+        who = next((f"{g.name} rank {rank}" for g in (roles.all() if roles else []) for rank, a in enumerate(g.actors)
+                    if a._actor_id.hex() == getattr(e, "actor_id", None)), "a worker")
+        first = str(e).strip().splitlines()[0][:300]
+        raise RunInterrupted(
+            f"{who} died and cannot be replaced within the step ({type(e).__name__}: {first}). "
+            + (f"The newest complete checkpoint is {last}. " if last else "No checkpoint was written yet. ")
+            + f"Rerun the same command to resume (resume=auto, run_dir={run_dir}).") from None
     finally:
         if tracker is not None:
             tracker.close()
         rewards.close()
         if roles is not None:
             for g in roles.all():
-                g.kill()
+                # Only the rollout engines have something to shut down; the others may be stuck in
+                # a collective with a dead peer, so they are killed without asking.
+                g.kill(graceful=ok or g.name == "rollout")
         if pgs is not None:
             release(pgs)
         if own_ray:
@@ -201,20 +276,28 @@ def _evaluate(cfg: RootConfig, ctl: Controller) -> tuple[dict, str, float]:
 
 
 def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: Tracker, run_dir: Path,
-          tok_path: str) -> dict:
+          tok_path: str, start_step: int, carried: dict, stop: GracefulStop) -> dict:
     kind = cfg.algorithm.name
     key = "eval/pairwise_accuracy" if kind == "rm" else "eval/accuracy"
     step_fn = {"sft": ctl.sft_step, "rm": ctl.rm_step}.get(kind, ctl.rl_step)
     summary: dict = {"recipe": cfg.recipe, "algorithm": kind, "run_dir": str(run_dir),
-                     "resumed_from_step": None, "seed": cfg.seed}
-    if cfg.eval.before:
+                     "resumed_from_step": start_step or None, "seed": cfg.seed, **carried}
+
+    def save(step: int, hf: bool) -> Path:
+        kept = {k: summary[k] for k in (f"{key}_before",) if k in summary}
+        return resume.save(cfg, plan, ctl, roles, run_dir, step, tok_path, hf, kept)
+
+    if cfg.eval.before and not start_step:
         ev, name, value = _evaluate(cfg, ctl)
         summary[f"{key}_before"] = value
         tracker.note(f"held-out {name} before: {value:.3f} (n={int(ev['eval/n'])}{', greedy' if kind != 'rm' else ''})")
         tracker.log(0, ev, advance=False)
     metrics: dict = {}
-    step = 0
-    for step in range(1, cfg.trainer.total_steps + 1):
+    step = saved = start_step
+    for step in range(start_step + 1, cfg.trainer.total_steps + 1):
+        if stop.signum is not None:
+            step -= 1
+            break
         metrics = step_fn(step)
         every = cfg.eval.every_steps or (cfg.sft.eval_every_steps if kind in ("sft", "rm") else 0)
         if every and step % every == 0 and step < cfg.trainer.total_steps:
@@ -224,8 +307,15 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
             log.info("%s %.3f >= sft.stop_at_accuracy: stopping at step %d", key, metrics[key], step)
             break
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < cfg.trainer.total_steps:
-            save_checkpoint(cfg, ctl, roles, run_dir, step, tok_path, hf=False)
+            save(step, hf=False)
+            saved = step
+    if stop.signum is not None and step < cfg.trainer.total_steps:
+        where = save(step, hf=False) if step > saved else checkpoint.newest_complete(run_dir)[0]
+        raise RunInterrupted(f"stopped by {signal.Signals(stop.signum).name} after step {step} of "
+                             f"{cfg.trainer.total_steps}; checkpoint: {where or 'none (no step done)'}. "
+                             f"Rerun the same command to resume (resume=auto, run_dir={run_dir}).")
     summary["steps"] = step
+    summary["faults"] = dict(ctl.faults)
     if cfg.eval.after:
         ev, name, value = _evaluate(cfg, ctl)
         summary[f"{key}_after"] = value
@@ -233,7 +323,8 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
         tracker.note(f"held-out {name} after:  {value:.3f} (before: {summary.get(f'{key}_before', float('nan')):.3f})")
         tracker.log(step, ev, advance=False)
         metrics.update(ev)
-    final = save_checkpoint(cfg, ctl, roles, run_dir, step, tok_path, hf=cfg.checkpoint.save_hf)
+    summary["faults"] = dict(ctl.faults)
+    final = save(step, hf=cfg.checkpoint.save_hf)
     summary["checkpoint"] = str(final)
     if cfg.checkpoint.save_hf:
         summary["hf_checkpoint"] = str(final / "hf")
@@ -246,14 +337,3 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
             os.replace(tmp, dest)
     summary["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     return summary
-
-
-def save_checkpoint(cfg: RootConfig, ctl: Controller, roles: Roles, run_dir: Path, step: int, tok_path: str,
-                    hf: bool) -> Path:
-    tmp = checkpoint.begin(run_dir, step)
-    roles.trainer.call_all("save_checkpoint", str(tmp / "trainer"), f"step_{step:06d}")
-    if hf:
-        roles.trainer.call_all("save_hf", str(tmp / "hf"), tok_path)
-    state = {"step": step, "loader": ctl.loader.state_dict(), "recipe": cfg.recipe, "model": cfg.model.path,
-             "kl_ctl": ctl.kl_ctl.state_dict()}
-    return checkpoint.commit(run_dir, step, state, cfg.checkpoint.keep_last)

@@ -18,6 +18,11 @@ USAGE = """usage: python -m rlengine.main [recipe=NAME] [key=value ...] [--cfg] 
   recipe=NAME   a recipe in recipes/ (default grpo_tiny); available: {recipes}
   key=value     override any key, e.g. trainer.total_steps=10 algorithm.group_size=4
   --cfg         print the composed, validated config and exit
+
+  resume=auto (default) continues the newest complete checkpoint of run_dir (or, without run_dir,
+  of the newest unfinished run of this recipe with the same config); resume=never; resume=PATH.
+  Exit codes: 0 done; 2 bad config, data or resources (nothing started); 75 interrupted
+  (SIGTERM/SIGINT or a trainer rank lost): rerun the same command to resume.
 """
 
 
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# plan: {plan}")
         return 0
     from rlengine.data import DataError
-    from rlengine.job import run
+    from rlengine.job import RunInterrupted, run
     from rlengine.placement import PlacementError
 
     try:
@@ -167,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError, PlacementError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return RunInterrupted.exit_code
     return 0
 
 

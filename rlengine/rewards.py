@@ -133,6 +133,18 @@ def _score_chunk(spec: str, kwargs: dict, batched: bool, timeout_s: float, rows:
     return results
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool workers must not outlive a driver that is SIGKILLed (they would hold its stdout open
+    and linger as orphans): the kernel kills them when the parent goes (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _warm() -> None:
     import time
 
@@ -157,7 +169,8 @@ class RewardManager:
 
     def _get_pool(self):
         if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"))
+            self._pool = cf.ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"),
+                                                initializer=_die_with_parent, initargs=(os.getpid(),))
             # Start every worker now, so process start-up never counts against a call's timeout.
             cf.wait([self._pool.submit(_warm) for _ in range(self.cfg.num_workers)])
         return self._pool

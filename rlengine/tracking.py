@@ -44,15 +44,16 @@ def _fmt(v: float) -> str:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg, total_steps: int, config_dict: dict):
+    def __init__(self, run_dir: Path, cfg, total_steps: int, config_dict: dict, start_step: int = 0):
+        """`start_step` > 0 continues a resumed run: metrics.jsonl already holds the history up to
+        it, and tensorboard drops events logged after it by the interrupted run."""
         self.run_dir, self.cfg = run_dir, cfg
-        self.history: list[dict] = []
         self._jsonl = open(run_dir / "metrics.jsonl", "a")
         self._tb = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self._wandb = None
         if cfg.wandb:
             import wandb
@@ -64,7 +65,8 @@ class Tracker:
         if cfg.progress_bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, desc="steps", unit="step", dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="steps", unit="step", dynamic_ncols=True,
+                             file=sys.stderr)
 
     def log(self, step: int, metrics: dict[str, float], advance: bool = True) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
@@ -72,7 +74,6 @@ class Tracker:
         if bad:
             log.warning("step %d: non-finite metrics %s", step, bad)
         rec = {"step": step, "time": time.time(), **clean}
-        self.history.append(rec)
         self._jsonl.write(json.dumps(rec) + "\n")
         self._jsonl.flush()
         if self._tb is not None:

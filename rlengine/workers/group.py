@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, Callable
 
 import ray
@@ -26,18 +27,23 @@ class WorkerGroup:
 
     `call_split` shards the batch evenly (ranks get equal row counts, so collective ops under
     ZeRO-3 stay in lock-step) and concatenates results in rank order; `call_all` calls every rank
-    with the same arguments; `call_rank0` one rank.
+    with the same arguments; `call_rank0` one rank.  Results are collected fail-fast: the first
+    dead actor raises at once instead of after its peers time out in a collective.
+
+    `max_restarts > 0` lets Ray restart a dead actor (same constructor arguments, same bundle);
+    the call in flight still fails, and the caller decides whether to redo the work.
     """
 
     def __init__(self, name: str, cls: type, n: int, pg, bundle_offset: int, num_cpus: float, num_gpus: float,
                  init: Callable[[int], tuple[tuple, dict]], env: dict[str, str] | None = None,
-                 custom: dict[str, float] | None = None):
-        self.name = name
+                 custom: dict[str, float] | None = None, max_restarts: int = 0):
+        self.name, self.max_restarts = name, max_restarts
         remote_cls = ray.remote(cls)
         self.actors = []
         for rank in range(n):
             args, kwargs = init(rank)
             opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "name": None,
+                                    "max_restarts": max_restarts, "max_task_retries": 0,
                                     "resources": dict(custom or {}), "runtime_env": {"env_vars": env or {}}}
             if pg is not None:
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
@@ -48,10 +54,23 @@ class WorkerGroup:
         return len(self.actors)
 
     def call_all(self, method: str, *args, **kwargs) -> list:
-        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+        return get_all([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
 
     def call_rank0(self, method: str, *args, **kwargs):
         return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until every actor answers (after a restart: until its constructor has run)."""
+        deadline = time.monotonic() + timeout_s
+        for a in self.actors:
+            while True:
+                try:
+                    ray.get(a.__ray_call__.remote(lambda self: None), timeout=max(1.0, deadline - time.monotonic()))
+                    break
+                except ray.exceptions.RayActorError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
 
     def submit_split(self, method: str, batch: Batch, *args, **kwargs) -> list:
         """Like call_split, but returns the object refs at once (for overlapping two roles' work)."""
@@ -59,7 +78,7 @@ class WorkerGroup:
         return [getattr(a, method).remote(s, *args, **kwargs) for a, s in zip(self.actors, shards)]
 
     def call_split(self, method: str, batch: Batch, *args, **kwargs) -> list:
-        return ray.get(self.submit_split(method, batch, *args, **kwargs))
+        return get_all(self.submit_split(method, batch, *args, **kwargs))
 
     def map_batch(self, method: str, batch: Batch, *args, **kwargs) -> Batch:
         return Batch.concat(self.call_split(method, batch, *args, **kwargs))
@@ -70,11 +89,31 @@ class WorkerGroup:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": __import__("os").getpid()}) for a in self.actors])
 
-    def kill(self) -> None:
-        for a in self.actors:
+    def kill(self, graceful: bool = True) -> None:
+        """Stop the actors: their `shutdown` first when graceful (vLLM frees its engine), then ray.kill."""
+        if graceful:
+            refs = []
+            for a in self.actors:
+                try:
+                    refs.append(a.__ray_call__.remote(lambda self: getattr(self, "shutdown", lambda: None)()))
+                except Exception:
+                    pass
             try:
-                ray.get(a.__ray_call__.remote(lambda self: getattr(self, "shutdown", lambda: None)()), timeout=30)
+                ray.wait(refs, num_returns=len(refs), timeout=30)
             except Exception:
                 pass
-            ray.kill(a, no_restart=True)
+        for a in self.actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
         self.actors = []
+
+
+def get_all(refs: list) -> list:
+    """ray.get in order, but raise as soon as any ref fails (a dead rank does not wait for its peers)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)
+    return ray.get(refs)

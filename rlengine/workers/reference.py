@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from rlengine import faults
 from rlengine.config import RootConfig
 from rlengine.modeling import load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
@@ -20,6 +21,7 @@ class ReferenceWorker:
 
     @torch.no_grad()
     def log_probs(self, batch: Batch) -> Batch:
+        faults.maybe_kill("reference", batch.info.get("step"))
         outs = [response_logprobs(self.model, m.to(self.device), self.cfg.rollout.temperature).cpu()
                 for m in batch.chunk_by_size(self.micro_batch_size)]
         return Batch(tensors={"ref_logp": torch.cat(outs)})

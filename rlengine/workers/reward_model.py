@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rlengine import faults
 from rlengine.algos import losses as L
 from rlengine.config import RootConfig
 from rlengine.modeling import DTYPES, set_threads
@@ -59,10 +60,14 @@ class RewardModelWorker:
         if cfg.resources.device == "cpu":
             set_threads(cfg.trainer.cpu_threads)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        # A checkpoint without a score head gets a fresh one: seeded, so that a restarted actor
+        # (or a resumed run) scores exactly as before.
+        torch.manual_seed(cfg.seed)
         self.model = load_reward_model(path, cfg).to(self.device).eval()
 
     @torch.no_grad()
     def score(self, batch: Batch) -> Batch:
+        faults.maybe_kill("reward_model", batch.info.get("step"))
         prompts, responses = batch["prompt"], batch["response"]
         out = []
         for i in range(0, len(prompts), self.micro_batch_size):

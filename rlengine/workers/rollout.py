@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from rlengine import faults
 from rlengine.config import RootConfig
 from rlengine.data import pack_sequences
 from rlengine.protocol import Batch
@@ -71,6 +72,7 @@ class RolloutWorker:
         Each prompt carries its own sampling seed (meta `sample_seed`, else seed + i), so results
         do not depend on how the prompts are split across rollout workers.
         """
+        faults.maybe_kill("rollout", prompts.info.get("step"), self.rank)
         ids = prompts["prompt_ids_list"]
         reqs = [{"prompt_token_ids": list(p)} for p in ids]
         seeds = prompts["sample_seed"] if "sample_seed" in prompts else [seed + i for i in range(len(ids))]

@@ -12,6 +12,8 @@ from contextlib import nullcontext
 
 import torch
 
+from rlengine import faults
+from rlengine.checkpoint import capture_rng, restore_rng
 from rlengine.algos import losses as L
 from rlengine.config import Plan, RootConfig
 from rlengine.modeling import DTYPES, load_causal_lm, response_logprobs, set_threads
@@ -111,6 +113,7 @@ class TrainerWorker:
     @torch.no_grad()
     def log_probs(self, batch: Batch, micro_batch_size: int | None = None) -> Batch:
         """Old log-probs [B, R] of this rank's shard (collective: every rank calls it)."""
+        faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
         self.engine.eval()
         mb = micro_batch_size or self.plan.micro_batch_size
         outs = [response_logprobs(self.engine, m.to(self.device), self.cfg.rollout.temperature).cpu()
@@ -258,8 +261,25 @@ class TrainerWorker:
         return path
 
     def save_checkpoint(self, path: str, tag: str) -> None:
-        """Sharded engine state (model, optimizer, scheduler) per rank, for resume."""
-        self.engine.save_checkpoint(path, tag=tag)
+        """Sharded engine state (model, optimizer, scheduler) per rank plus this rank's RNG states
+        and step counter, for resume (collective). Rank 0 also writes the HF config next to it, so
+        `python -m rlengine.export` can rebuild an HF model from the shards alone."""
+        self.engine.save_checkpoint(path, tag=tag, client_state={"optimizer_steps": self.optimizer_steps})
+        torch.save({"rng": capture_rng(), "optimizer_steps": self.optimizer_steps},
+                   os.path.join(path, tag, f"rank_state_{self.rank}.pt"))
+        if self.rank == 0:
+            self.module.config.save_pretrained(os.path.join(path, "model_config"))
+
+    def load_checkpoint(self, path: str, tag: str) -> int:
+        """Restore what save_checkpoint wrote (collective); returns the optimizer step count."""
+        loaded, _ = self.engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} under {path}")
+        state = torch.load(os.path.join(path, tag, f"rank_state_{self.rank}.pt"), weights_only=False)
+        restore_rng(state["rng"])
+        self.optimizer_steps = state["optimizer_steps"]
+        return self.optimizer_steps
 
     def shard_info(self) -> dict:
         """Per-parameter local partition sizes: shows how ZeRO-3 split the model across ranks."""

@@ -15,12 +15,16 @@ def _check(proc):
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
 
 
+PPO_SMALL = ["recipe=ppo_tiny", "model.path=tiny:base", "reward_model.path=tiny:base",
+             "data.prompts_per_step=8", "algorithm.group_size=2", "data.max_test_rows=16",
+             "trainer.total_steps=2", "checkpoint.every_steps=1", "tracking.progress_bar=false",
+             "reward.fns=[{fn:'examples/custom_reward.py:concise_number',weight:1.0}]"]
+VOLATILE = ("timing_s/", "perf/", "sync/gbps", "sync/load_s", "time", "faults/")
+
+
 def test_two_ppo_steps_four_roles(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_main(["recipe=ppo_tiny", "model.path=tiny:base", "reward_model.path=tiny:base",
-                     "data.prompts_per_step=8", "algorithm.group_size=2", "data.max_test_rows=16",
-                     "trainer.total_steps=2", "tracking.progress_bar=false", f"run_dir={run_dir}",
-                     "reward.fns=[{fn:'examples/custom_reward.py:concise_number',weight:1.0}]"])
+    proc = run_main([*PPO_SMALL, f"run_dir={run_dir}"])
     _check(proc)
     log = (run_dir / "run.log").read_text()
     for role in ("'trainer'", "'critic'", "'reference'", "'reward_model'", "'rollout'"):
@@ -38,7 +42,26 @@ def test_two_ppo_steps_four_roles(tmp_path):
     s = read_summary(run_dir)
     assert s["steps"] == 2 and "eval/accuracy_before" in s and "eval/accuracy_after" in s
     state = json.loads((run_dir / "checkpoints" / "step_000002" / "driver_state.json").read_text())
-    assert "kl_ctl" in state
+    assert "kl_ctl" in state["controller"] and state["shape"]["critic"] is True
+    assert (run_dir / "checkpoints" / "step_000002" / "critic" / "latest").exists()
+
+    # The same run, but the reward-model actor is SIGKILLed in step 1 (Ray restarts it; the step's
+    # scores are redone) and the driver is SIGKILLed right after step 1's checkpoint. Rerun: it
+    # resumes policy, critic, adaptive KL state and data position, and step 2 matches exactly.
+    run2 = tmp_path / "run2"
+    killed = run_main([*PPO_SMALL, f"run_dir={run2}"], env={"RLENGINE_FAULT": "reward_model:1,after_checkpoint:1"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run_main([*PPO_SMALL, f"run_dir={run2}"])
+    _check(resumed)
+    s2 = read_summary(run2)
+    assert s2["resumed_from_step"] == 1 and s2["steps"] == 2
+    assert s2["faults"]["faults/reward_model_restarts"] == 1  # counted before the kill, kept by the checkpoint
+    want = next(m for m in steps if m["step"] == 2)
+    got = next(m for m in read_metrics(run2) if m["step"] == 2 and "reward/mean" in m)
+    keys = [k for k in want if not k.startswith(VOLATILE)]
+    assert "critic/value_loss" in keys and "actor/kl_coef" in keys
+    for k in keys:
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
 
 
 def _easy_preferences(path, n):
