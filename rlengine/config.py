@@ -299,6 +299,10 @@ class Plan:
     advantage: Optional[str]
     eval_max_new_tokens: int
     dtype: str
+    # One optimizer step on fresh samples (ppo_epochs = minibatches = 1): the old log-probs are the
+    # update's own forward pass (ratio 1), so the separate old-log-prob pass is skipped and the
+    # trainer reports the vLLM-vs-trainer drift from that pass.
+    old_logp_in_update: bool = False
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -402,6 +406,8 @@ def validate(cfg: RootConfig) -> Plan:
         advantage=None if a.name in STAGES else a.name,
         eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
         dtype=cfg.model.dtype,
+        old_logp_in_update=(a.ppo_epochs == 1 and a.minibatches == 1 and not a.reuse_rollout_logprobs
+                            and a.name not in STAGES and not (a.kl_coef > 0 and a.kl_in_reward)),
     )
 
 

@@ -108,8 +108,10 @@ class Controller:
             if self.plan.use_reference:
                 with timer("ref"):
                     batch = batch.union(self._redo(roles.reference, "log_probs", batch))
-            with timer("old_logp"):
-                batch = batch.union(self.roles.trainer.map_batch("log_probs", batch))
+            if not self.plan.old_logp_in_update:
+                with timer("old_logp"):
+                    batch = batch.union(self.roles.trainer.map_batch("log_probs", batch))
+            drift = self._drift(batch) if "old_logp" in batch else None
             if self.plan.use_critic:
                 with timer("values"):
                     batch = batch.union(self.roles.critic.map_batch("values", batch))
@@ -124,6 +126,8 @@ class Controller:
             with timer("sync"):
                 sync_metrics = self.sync_weights()
         metrics = self._batch_metrics(batch, scored)
+        metrics["sync/logprob_drift"] = drift if drift is not None else train_metrics.pop("sync/logprob_drift")
+        self._check_drift(metrics["sync/logprob_drift"])
         self.kl_ctl.update(metrics.get("actor/ref_kl", 0.0), len(batch))
         return {**metrics, **train_metrics, **sync_metrics, **timer.t, **self.faults, "actor/kl_coef": self.kl_ctl.value,
                 "perf/throughput_tokens_per_s": float(batch["attention_mask"].sum()) / timer.t["timing_s/step"]}
@@ -167,8 +171,8 @@ class Controller:
         adv_BR, returns_BR = gae(rewards_BR, batch["values"], mask_BR, a.gamma, a.lam)
         if a.whiten_advantages:
             adv_BR = whiten(adv_BR, mask_BR)
-        old = batch["rollout_logp"] if a.reuse_rollout_logprobs else batch["old_logp"]
-        return batch.update(advantages=adv_BR * mask_BR, returns=returns_BR, token_rewards=rewards_BR, old_logp=old)
+        batch = batch.update(advantages=adv_BR * mask_BR, returns=returns_BR, token_rewards=rewards_BR)
+        return batch.update(old_logp=batch["rollout_logp"]) if a.reuse_rollout_logprobs else batch
 
     def sft_step(self, step: int) -> dict:
         timer = Timer()
@@ -195,8 +199,8 @@ class Controller:
         fn = get_advantage(self.plan.advantage)
         kwargs = {"mask_NT": mask_BR} if self.plan.advantage == "reinforce_pp" else {}
         adv_N = fn(rewards_N, batch["group_id"], **kwargs)
-        old = batch["rollout_logp"] if a.reuse_rollout_logprobs else batch["old_logp"]
-        return batch.update(advantages=broadcast_to_tokens(adv_N, mask_BR), old_logp=old)
+        batch = batch.update(advantages=broadcast_to_tokens(adv_N, mask_BR))
+        return batch.update(old_logp=batch["rollout_logp"]) if a.reuse_rollout_logprobs else batch
 
     def _batch_metrics(self, batch: Batch, scored) -> dict:
         mask_BR = batch["response_mask"]
@@ -206,10 +210,8 @@ class Controller:
             "reward/errors": scored.errors, "reward/timeouts": scored.timeouts,
             "response_length/mean": float(batch["response_length"].mean()),
             "response_length/max": float(batch["response_length"].max()),
-            # Trainer and vLLM hold the same weights here: a gap means the sync or a kernel is off.
-            "sync/logprob_drift": _masked_mean((batch["rollout_logp"] - batch["old_logp"]).abs(), mask_BR),
         }
-        if "ref_logp" in batch:
+        if "ref_logp" in batch and "old_logp" in batch:
             m["actor/ref_kl"] = _masked_mean(batch["old_logp"] - batch["ref_logp"], mask_BR)
         if "rm_score" in batch:
             m["reward/rm_mean"] = float(batch["rm_score"].mean())
@@ -219,12 +221,18 @@ class Controller:
             m["critic/vf_explained_var"] = float(1 - (ret - val).var() / ret.var().clamp(min=1e-8))
             m["critic/values_mean"] = float(val.mean())
             m["critic/returns_mean"] = float(ret.mean())
-        if m["sync/logprob_drift"] > self.cfg.rollout.max_logprob_drift:
-            raise WeightSyncError(
-                f"mean |vLLM logp - trainer logp| = {m['sync/logprob_drift']:.4g} exceeds "
-                f"rollout.max_logprob_drift={self.cfg.rollout.max_logprob_drift}: the rollout engine is not "
-                f"sampling from the trained weights")
         return m
+
+    @staticmethod
+    def _drift(batch: Batch) -> float:
+        """Trainer and vLLM hold the same weights at sampling time: a gap means the sync or a kernel is off."""
+        return _masked_mean((batch["rollout_logp"] - batch["old_logp"]).abs(), batch["response_mask"])
+
+    def _check_drift(self, drift: float) -> None:
+        if drift > self.cfg.rollout.max_logprob_drift:
+            raise WeightSyncError(
+                f"mean |vLLM logp - trainer logp| = {drift:.4g} exceeds rollout.max_logprob_drift="
+                f"{self.cfg.rollout.max_logprob_drift}: the rollout engine is not sampling from the trained weights")
 
     def sync_weights(self) -> dict:
         """Trainer -> every rollout worker, then compare checksums; a mismatch stops the run."""

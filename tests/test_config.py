@@ -60,7 +60,7 @@ def test_grpo_tiny_plan_by_hand():
     assert plan == Plan(samples_per_step=256, minibatch_size=256, micro_batches_per_minibatch=1,
                         micro_batch_size=256, use_reference=True, use_critic=False,
                         use_reward_model=False, advantage="grpo",
-                        eval_max_new_tokens=8, dtype="float32")
+                        eval_max_new_tokens=8, dtype="float32", old_logp_in_update=True)
     assert cfg.model.path == "tiny:sft"
     assert cfg.resources.device == "cpu"
 
@@ -73,6 +73,18 @@ def test_sft_tiny_plan_by_hand():
                         use_reward_model=False, advantage=None,
                         eval_max_new_tokens=8, dtype="float32")
     assert cfg.model.path == "tiny:base"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], True),  # one update on fresh samples: the update's forward pass gives the old log-probs
+    (["algorithm.ppo_epochs=2"], False),
+    (["algorithm.minibatches=2"], False),
+    (["algorithm.reuse_rollout_logprobs=true"], False),
+    (["algorithm.kl_in_reward=true"], False),  # the reward needs old log-probs before the update
+    (["algorithm.kl_in_reward=true", "algorithm.kl_coef=0"], True),
+])
+def test_old_logp_pass_is_skipped_only_for_a_single_on_policy_update(overrides, expected):
+    assert load_config("grpo_tiny", overrides)[1].old_logp_in_update is expected
 
 
 def test_overrides_are_applied_and_typed():

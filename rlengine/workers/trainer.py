@@ -142,15 +142,17 @@ class TrainerWorker:
         Loss metrics are this rank's share of the global minibatch loss times world_size, so the
         controller's mean over ranks is the global value.
         """
+        faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
         a = self.cfg.algorithm
         self.engine.train()
         per_step: list[dict] = []
+        drift = [0.0, 0.0]  # sum |rollout_logp - logp| over response tokens, token count (old_logp_in_update)
         gen = torch.Generator().manual_seed(self.cfg.seed + self.optimizer_steps)
         for _ in range(a.ppo_epochs):
             perm = torch.randperm(len(batch), generator=gen)
             for mb in batch.index(perm).split(a.minibatches):
                 norm = self._normaliser(mb)
-                micro_metrics = [self._micro_step(m.to(self.device), norm)
+                micro_metrics = [self._micro_step(m.to(self.device), norm, drift)
                                  for m in mb.chunk_by_size(self.plan.micro_batch_size)]
                 self.optimizer_steps += 1
                 step = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
@@ -161,14 +163,24 @@ class TrainerWorker:
                 per_step.append(step)
         metrics = {k: sum(s[k] for s in per_step) / len(per_step) for k in per_step[0]}
         metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
+        if "old_logp" not in batch:
+            metrics["sync/logprob_drift"] = self._global_sum(drift[0]) / max(1.0, self._global_sum(drift[1]))
         return metrics
 
-    def _micro_step(self, micro: Batch, norm: float) -> dict:
+    def _micro_step(self, micro: Batch, norm: float, drift: list[float]) -> dict:
         a = self.cfg.algorithm
         mask_BR = micro["response_mask"]
         logp_BR, ent_BR = response_logprobs(self.engine, micro, self.cfg.rollout.temperature, with_entropy=True)
         adv_BR = micro["advantages"]  # [B, R], zero outside the response mask
-        pg_loss, pg_m = L.policy_loss_clip(logp_BR, micro["old_logp"], adv_BR, mask_BR,
+        if "old_logp" in micro:
+            old_BR = micro["old_logp"]
+        else:
+            # Single update on fresh samples: every micro-batch's forward precedes the one optimizer
+            # step, so this pass *is* the old policy (ratio 1, as a separate pass would give).
+            old_BR = logp_BR.detach()
+            drift[0] += float(((micro["rollout_logp"] - old_BR).abs() * mask_BR).sum())
+            drift[1] += float(mask_BR.sum())
+        pg_loss, pg_m = L.policy_loss_clip(logp_BR, old_BR, adv_BR, mask_BR,
                                            clip_low=a.clip_low, clip_high=a.clip_high, dual_clip_c=a.dual_clip,
                                            agg_mode=a.loss_agg, normaliser=norm)
         loss = pg_loss

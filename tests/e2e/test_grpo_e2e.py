@@ -36,10 +36,12 @@ def test_three_grpo_steps_two_zero3_ranks(tmp_path):
         assert m["sync/logprob_drift"] < 1e-4, m["sync/logprob_drift"]  # fp32: vLLM and trainer agree
         for key in ("actor/pg_loss", "actor/kl", "actor/entropy", "actor/clip_frac", "actor/grad_norm",
                     "reward/mean", "response_length/mean", "timing_s/rollout", "timing_s/reward", "timing_s/ref",
-                    "timing_s/old_logp", "timing_s/adv", "timing_s/update", "timing_s/sync", "timing_s/step",
+                    "timing_s/adv", "timing_s/update", "timing_s/sync", "timing_s/step",
                     "perf/throughput_tokens_per_s"):
             assert key in m and math.isfinite(m[key]), key
     assert steps[0]["actor/kl"] == pytest.approx(0.0, abs=1e-5)  # reference == initial policy
+    # One update per batch: the old log-probs come from the update's own forward pass.
+    assert "timing_s/old_logp" not in steps[0]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000003"
     assert (run_dir / "checkpoints" / "step_000002" / "driver_state.json").exists()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -61,25 +61,33 @@ def _synthetic_batch(n: int, seed: int = 0):
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-sum"])
 def test_two_ranks_match_one_rank(loss_agg):
     """The loss normaliser is global: 2 ranks x half the batch give the same loss and gradient
-    norm as 1 rank with the whole batch (uneven response lengths on purpose)."""
+    norm as 1 rank with the whole batch (uneven response lengths on purpose). And the single-update
+    path that takes the old log-probs from the update's own forward pass (no `old_logp` in the
+    batch) gives the same loss and gradient norm as a separate old-log-prob pass."""
     path = tiny.resolve_path("tiny:base")
     batch = _synthetic_batch(16)
     results = {}
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": actor_env()})
     try:
-        for ws in (1, 2):
+        for ws, separate_pass in ((1, True), (2, True), (1, False)):
             cfg, plan = load_config("grpo_tiny", ["model.path=tiny:base", f"trainer.world_size={ws}",
                                                   "data.prompts_per_step=2", "algorithm.kl_coef=0",
                                                   f"algorithm.loss_agg={loss_agg}", "trainer.micro_batch_size=4"])
             port = free_port()
             group = WorkerGroup("trainer", TrainerWorker, ws, None, 0, 0.5, 0,
                                 lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {}), actor_env())
-            b = batch.union(group.map_batch("log_probs", batch))
+            old = group.map_batch("log_probs", batch)
+            b = batch.union(old) if separate_pass else batch.update(rollout_logp=old["old_logp"])
             metrics = group.call_split("update_policy", b)
-            results[ws] = {k: sum(m[k] for m in metrics) / len(metrics) for k in ("actor/pg_loss", "actor/grad_norm")}
+            results[(ws, separate_pass)] = {k: sum(m[k] for m in metrics) / len(metrics)
+                                            for k in ("actor/pg_loss", "actor/grad_norm")}
+            if not separate_pass:
+                assert metrics[0]["sync/logprob_drift"] < 1e-6  # rollout_logp here = the same weights' pass
             group.kill()
     finally:
         ray.shutdown()
-    assert results[1]["actor/grad_norm"] > 0
-    for k in results[1]:
-        assert results[2][k] == pytest.approx(results[1][k], rel=1e-4, abs=1e-7), (k, results)
+    ref = results[(1, True)]
+    assert ref["actor/grad_norm"] > 0
+    for k in ref:
+        assert results[(2, True)][k] == pytest.approx(ref[k], rel=1e-4, abs=1e-7), (k, results)
+        assert results[(1, False)][k] == pytest.approx(ref[k], rel=1e-6, abs=1e-8), (k, results)
