@@ -130,7 +130,11 @@ class RolloutConfig(_Frozen):
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
     kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on the CPU build
-    # vLLM CPU thread binding, e.g. "0-1" (null: vLLM's default, one core). See bench/.
+    # Intra-op threads of the vLLM engine on CPU. Ray starts actors with OMP_NUM_THREADS=1, which
+    # alone made rollout 0.6x standalone vLLM on 2 cores (bench/results/REPORT.md).
+    cpu_threads: int = 2
+    # vLLM CPU thread binding (VLLM_CPU_OMP_THREADS_BIND), e.g. "0-1"; only read by vLLM's
+    # multiprocess executor, not by the in-process engine rlengine runs.
     cpu_bind: Optional[str] = None
     enforce_eager: bool = True
     max_logprob_drift: float = 0.05  # mean |vLLM logp - trainer logp| above this fails the step

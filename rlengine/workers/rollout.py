@@ -13,6 +13,7 @@ import torch
 from rlengine import faults
 from rlengine.config import RootConfig
 from rlengine.data import pack_sequences
+from rlengine.modeling import set_threads
 from rlengine.protocol import Batch
 from rlengine.weight_sync import checksum
 
@@ -20,6 +21,7 @@ from rlengine.weight_sync import checksum
 def _vllm_env(cfg: RootConfig) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if cfg.resources.device == "cpu":
+        set_threads(cfg.rollout.cpu_threads)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.rollout.kv_cache_gib))
         if cfg.rollout.cpu_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.rollout.cpu_bind

@@ -1,0 +1,202 @@
+"""bench/results/raw.json -> summary.json, REPORT.md and step_time.png (no reruns needed).
+
+    .venv/bin/python bench/report.py
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMPUTE = ("rollout", "reward", "ref", "old_logp", "adv", "update")
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _runs_median(runs: list[dict], key: str) -> float:
+    return _med([x for r in runs for x in r[key]])
+
+
+def analyse(raw: dict) -> dict:
+    peak = raw["matmul_gflops_2threads"] * 1e9
+    bind = raw["args"].get("rollout_bind") or "default"
+    out = {"date": raw["date"], "machine": raw["machine"], "matmul_gflops_2threads": raw["matmul_gflops_2threads"],
+           "sizes": {}}
+    for size, e in raw["sizes"].items():
+        s = out["sizes"][size] = {"params": e["params"], "step_time_s": {}, "step_time_range_s": {}, "ratio_vs_trl": {},
+                                  "ratio_range": {}, "phases_s": {}, "rollout_vs_vllm": {}, "vllm_tokens_per_s": {},
+                                  "mfu": {}, "overhead_frac": {}, "response_tokens_per_s": {}}
+        for key, runs in e["runs"].items():
+            ours, trl = runs["rlengine"], runs["trl"]
+            s["step_time_s"][key] = {"rlengine": _runs_median(ours, "step_times_s"),
+                                     "trl": _runs_median(trl, "step_times_s")}
+            s["step_time_range_s"][key] = {
+                eng: [min(x for r in rs for x in r["step_times_s"]), max(x for r in rs for x in r["step_times_s"])]
+                for eng, rs in (("rlengine", ours), ("trl", trl))}
+            ratios = [_med(a["step_times_s"]) / _med(b["step_times_s"]) for a, b in zip(ours, trl)]
+            s["ratio_vs_trl"][key] = _med(ratios)
+            s["ratio_range"][key] = [min(ratios), max(ratios)]
+            phases = {p: _med([x for r in ours for x in r["phases"][p]]) for p in ours[0]["phases"]}
+            step = s["step_time_s"][key]["rlengine"]
+            phases["remainder"] = step - sum(phases.values())
+            s["phases_s"][key] = phases
+            s["overhead_frac"][key] = {"remainder": phases["remainder"] / step,
+                                       "remainder_plus_sync": (phases["remainder"] + phases.get("sync", 0)) / step}
+            s["response_tokens_per_s"][key] = {
+                "rlengine": _med([t / st for r in ours for t, st in zip(r["response_tokens"], r["step_times_s"])]),
+                "trl": _med([t / st for r in trl for t, st in zip(r["response_tokens"], r["step_times_s"])])}
+            n = e["params"]
+            gen_tok = _med([t for r in ours for t in r["response_tokens"]])
+            train_tok = _med([t for r in ours for t in r["trained_tokens"]])
+            rollout_tps = gen_tok / phases["rollout"] if phases["rollout"] else float("nan")
+            s["mfu"][key] = {"train": 6 * n * train_tok / phases["update"] / peak if phases["update"] else None,
+                             "rollout": 2 * n * gen_tok / phases["rollout"] / peak if phases["rollout"] else None}
+            if "natural" not in key:
+                tokens = key
+                v = e["vllm"].get(f"{tokens}_{bind}")
+                s["vllm_tokens_per_s"][key] = {b.split("_", 1)[1]: x["tokens_per_s"] for b, x in e["vllm"].items()
+                                               if b.startswith(f"{tokens}_")}
+                s["rollout_vs_vllm"][key] = rollout_tps / v["tokens_per_s"] if v else None
+        first = next(iter(e["runs"].values()))["rlengine"]
+        sync_s = _med([x for r in first for x in r["phases"]["sync"]])
+        nbytes = first[0]["sync_bytes"]
+        s["sync_gbps"] = nbytes / sync_s / 1e9 if sync_s else None
+        s["memcpy_gbps"] = e.get("memcpy_gbps")
+        s["sync_vs_memcpy"] = s["sync_gbps"] / s["memcpy_gbps"] if s["sync_gbps"] and s["memcpy_gbps"] else None
+        s["startup_s"] = {"rlengine_roles_up": _med([r["roles_up_s"] for r in first]),
+                          "trl_setup": _med([r["setup_s"] for r in next(iter(e["runs"].values()))["trl"]])}
+        s["parity"] = e.get("parity")
+        s["parity_mixed_lengths"] = e.get("parity_mixed_lengths")
+    return out
+
+
+def _fmt(x, spec=".2f") -> str:
+    return "–" if x is None or x != x else format(x, spec)
+
+
+def markdown(summary: dict, raw: dict) -> str:
+    a = raw["args"]
+    m = summary["machine"]
+    lines = [f"# rlengine vs TRL GRPOTrainer — {summary['date']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}"
+             + (f", {m['gpu']}. bf16 matmul peak (GPU)" if a.get("device") == "cuda" else
+                ", no GPU. fp32 matmul peak (2 threads)")
+             + f": **{summary['matmul_gflops_2threads']:.1f} GFLOP/s**.", "",
+             f"Work per step, both engines: {a['prompts']} prompts × G={a['group_size']}, max new tokens as listed "
+             f"(EOS suppressed unless 'natural'), KL 0, one update per batch, token-mean loss, micro-batch "
+             f"{a['micro_batch']}, fp32, 2 threads. {a['pairs']} A/B pairs per row (fresh processes, alternating "
+             f"A B B A), {a['warmup']} warm-up step(s) dropped, {a['steps']} timed step(s) per run. rlengine rollout "
+             f"binding: `rollout.cpu_bind={a.get('rollout_bind') or 'default'}`.", "",
+             "Reproduce: `.venv/bin/python bench/compare_trl.py` (then `bench/report.py` re-renders this file).", "",
+             "## Step time", "",
+             "| model | params | work | rlengine s/step (min–max) | TRL s/step (min–max) | ratio rlengine/TRL (pairs min–max) |",
+             "|---|---|---|---|---|---|"]
+    for size, s in summary["sizes"].items():
+        for key, st in s["step_time_s"].items():
+            rng = s["step_time_range_s"][key]
+            lines.append(f"| {size} | {s['params'] / 1e6:.1f}M | {key} tok | {st['rlengine']:.2f} "
+                         f"({rng['rlengine'][0]:.2f}–{rng['rlengine'][1]:.2f}) | {st['trl']:.2f} "
+                         f"({rng['trl'][0]:.2f}–{rng['trl'][1]:.2f}) | **{s['ratio_vs_trl'][key]:.2f}** "
+                         f"({s['ratio_range'][key][0]:.2f}–{s['ratio_range'][key][1]:.2f}) |")
+    lines += ["", "Response tokens per second (what natural-length work is judged on):", "",
+              "| model | work | rlengine tok/s | TRL tok/s | ratio |", "|---|---|---|---|---|"]
+    for size, s in summary["sizes"].items():
+        for key, t in s["response_tokens_per_s"].items():
+            lines.append(f"| {size} | {key} | {t['rlengine']:.0f} | {t['trl']:.0f} | {t['rlengine'] / t['trl']:.2f} |")
+    lines += ["", "## Where rlengine's step goes (median seconds)", "",
+              "| model | work | rollout | reward | ref | old_logp | adv | update | sync | remainder | overhead % (remainder / +sync) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for size, s in summary["sizes"].items():
+        for key, ph in s["phases_s"].items():
+            o = s["overhead_frac"][key]
+            lines.append(f"| {size} | {key} | " + " | ".join(_fmt(ph.get(p, 0.0)) for p in
+                                                             ("rollout", "reward", "ref", "old_logp", "adv", "update",
+                                                              "sync", "remainder"))
+                         + f" | {100 * o['remainder']:.1f} / {100 * o['remainder_plus_sync']:.1f} |")
+    lines += ["", "Start-up, not in the step times: rlengine Ray + actors up "
+              + ", ".join(f"{k}: {s['startup_s']['rlengine_roles_up']:.1f} s" for k, s in summary["sizes"].items())
+              + "; TRL model + trainer construction "
+              + ", ".join(f"{k}: {s['startup_s']['trl_setup']:.1f} s" for k, s in summary["sizes"].items()) + ".",
+              "", "## Against the hardware", "",
+              "| model | work | rollout / standalone vLLM | standalone vLLM tok/s by binding | train MFU | rollout MFU |",
+              "|---|---|---|---|---|---|"]
+    for size, s in summary["sizes"].items():
+        for key in s["phases_s"]:
+            mfu = s["mfu"][key]
+            v = s["vllm_tokens_per_s"].get(key, {})
+            lines.append(f"| {size} | {key} | {_fmt(s['rollout_vs_vllm'].get(key))} | "
+                         + ", ".join(f"{b}: {x:.0f}" for b, x in v.items()) + f" | {_fmt(mfu['train'], '.1%')} | "
+                         f"{_fmt(mfu['rollout'], '.1%')} |")
+    lines += ["", "| model | weight sync GB/s | in-process copy GB/s | sync / copy |", "|---|---|---|---|"]
+    for size, s in summary["sizes"].items():
+        lines.append(f"| {size} | {_fmt(s['sync_gbps'], '.3f')} | {_fmt(s['memcpy_gbps'], '.2f')} | "
+                     f"{_fmt(s['sync_vs_memcpy'], '.3f')} |")
+    lines += ["", "## Parity (one frozen batch, before timing)", "",
+              "| model | prompts | loss rlengine | loss TRL | rel diff | grad norm rlengine | grad norm TRL | rel diff |",
+              "|---|---|---|---|---|---|---|---|"]
+    for size, s in summary["sizes"].items():
+        for label, p in (("equal length", s["parity"]), ("mixed length", s["parity_mixed_lengths"])):
+            if not p or "error" in p:
+                lines.append(f"| {size} | {label} | error: {(p or {}).get('error', 'not run')[-200:]!r} ||||||")
+                continue
+            lines.append(f"| {size} | {label} | {p['rlengine']['loss']:.6g} | {p['trl']['loss']:.6g} | "
+                         f"{p['rel_diff']['loss']:.1e} | {p['rlengine']['grad_norm']:.6g} | {p['trl']['grad_norm']:.6g} | "
+                         f"{p['rel_diff']['grad_norm']:.1e} |")
+            plain = p.get("rel_diff_algos_plain_vs_trl")
+            if plain:
+                lines.append(f"| {size} | {label}, rlengine.algos in plain PyTorch | "
+                             f"{p['rlengine_algos_plain_torch']['loss']:.6g} | | {plain['loss']:.1e} | "
+                             f"{p['rlengine_algos_plain_torch']['grad_norm']:.6g} | | {plain['grad_norm']:.1e} |")
+    lines += ["", "The plain-PyTorch rows run rlengine's own loss functions (`rlengine/algos`) without DeepSpeed: "
+              "they match TRL to float rounding, so the algorithms agree. The gap in the first rows is the "
+              "engine's gradient path, not the loss: under DeepSpeed ZeRO (stage 2 and 3 alike) the gradients "
+              "themselves, read back with deepspeed.utils.safe_get_full_grad, differ from plain autograd on the "
+              "same loss by the relative amount shown (their norm equals what DeepSpeed reports). Not yet "
+              "explained; see the project's open notes."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(size, key, st) for size, s in summary["sizes"].items() for key, st in s["step_time_s"].items()]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = range(len(rows))
+    axes[0].bar([i - 0.2 for i in x], [r[2]["rlengine"] for r in rows], 0.4, label="rlengine")
+    axes[0].bar([i + 0.2 for i in x], [r[2]["trl"] for r in rows], 0.4, label="TRL GRPOTrainer")
+    axes[0].set_xticks(list(x), [f"{r[0]}\n{r[1]}" for r in rows], fontsize=8)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("seconds per GRPO step (median)")
+    axes[0].legend()
+    axes[0].set_title("Step time")
+    bottom = [0.0] * len(rows)
+    for phase in (*COMPUTE, "sync", "remainder"):
+        vals = [summary["sizes"][r[0]]["phases_s"][r[1]].get(phase, 0.0) / r[2]["rlengine"] for r in rows]
+        axes[1].bar(list(x), vals, 0.6, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    axes[1].set_xticks(list(x), [f"{r[0]}\n{r[1]}" for r in rows], fontsize=8)
+    axes[1].set_ylabel("share of rlengine's step")
+    axes[1].set_title("rlengine phases")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(raw: dict, results: Path = RESULTS) -> dict:
+    summary = analyse(raw)
+    (results / "summary.json").write_text(json.dumps(summary, indent=1))
+    (results / "REPORT.md").write_text(markdown(summary, raw))
+    plot(summary, results / "step_time.png")
+    return summary
+
+
+if __name__ == "__main__":
+    write_report(json.loads((RESULTS / "raw.json").read_text()))
+    sys.exit(0)

@@ -1,0 +1,47 @@
+"""The benchmark report's arithmetic on a hand-made raw result (no engines run)."""
+import json
+
+import pytest
+
+from bench.report import analyse, write_report
+
+
+def _raw():
+    phases = {"rollout": [2.0, 2.0], "reward": [0.1, 0.1], "ref": [0.0, 0.0], "old_logp": [0.0, 0.0],
+              "adv": [0.0, 0.0], "update": [5.0, 5.0], "sync": [0.4, 0.4]}
+    ours = [{"step_times_s": [8.0, 8.0], "phases": phases, "response_tokens": [1000.0, 1000.0],
+             "trained_tokens": [3000.0, 3000.0], "sync_bytes": 4e8, "roles_up_s": 12.0},
+            {"step_times_s": [8.0, 8.0], "phases": phases, "response_tokens": [1000.0, 1000.0],
+             "trained_tokens": [3000.0, 3000.0], "sync_bytes": 4e8, "roles_up_s": 14.0}]
+    trl = [{"step_times_s": [10.0, 10.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0},
+           {"step_times_s": [16.0, 16.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0}]
+    return {"date": "2026-11-23", "machine": {"cpu": "x", "cores": 2, "memory_gib": 24, "torch": "t"},
+            "matmul_gflops_2threads": 100.0,
+            "args": {"prompts": 16, "group_size": 8, "micro_batch": 32, "pairs": 2, "warmup": 1, "steps": 2,
+                     "rollout_bind": ""},
+            "sizes": {"100m": {"params": 1e8, "runs": {"128": {"rlengine": ours, "trl": trl}},
+                               "vllm": {"128_default": {"tokens_per_s": 600.0}, "128_0-1": {"tokens_per_s": 900.0}},
+                               "memcpy_gbps": 10.0, "parity": None, "parity_mixed_lengths": None}}}
+
+
+def test_ratios_phases_and_efficiencies_by_hand():
+    s = analyse(_raw())["sizes"]["100m"]
+    assert s["step_time_s"]["128"] == {"rlengine": 8.0, "trl": 13.0}  # median over all timed steps
+    assert s["ratio_vs_trl"]["128"] == pytest.approx((8 / 10 + 8 / 16) / 2)  # median of per-pair ratios
+    assert s["ratio_range"]["128"] == [0.5, 0.8]
+    assert s["phases_s"]["128"]["remainder"] == pytest.approx(8.0 - 7.5)
+    assert s["overhead_frac"]["128"]["remainder"] == pytest.approx(0.5 / 8)
+    assert s["rollout_vs_vllm"]["128"] == pytest.approx(1000 / 2.0 / 600.0)  # engine default binding
+    assert s["mfu"]["128"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 100e9)
+    assert s["mfu"]["128"]["rollout"] == pytest.approx(2 * 1e8 * 1000 / 2.0 / 100e9)
+    assert s["sync_vs_memcpy"] == pytest.approx(4e8 / 0.4 / 1e9 / 10.0)
+    assert s["startup_s"]["rlengine_roles_up"] == 13.0
+
+
+def test_report_files_are_written(tmp_path):
+    write_report(_raw(), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sizes"]["100m"]["ratio_vs_trl"]["128"] == pytest.approx(0.65)
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "| 100m | 100.0M | 128 tok | 8.00" in md and "**0.65**" in md
+    assert (tmp_path / "step_time.png").stat().st_size > 1000
