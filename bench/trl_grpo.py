@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--use-vllm", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 on one GPU")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -54,7 +55,8 @@ def main() -> int:
     n = args.prompts_per_step * args.group_size
     gen_kwargs = {} if args.natural_length else {"min_new_tokens": args.max_new_tokens}
     cfg = GRPOConfig(
-        output_dir=str(Path(args.out).with_suffix(".trl")), use_cpu=True, bf16=False, seed=args.seed,
+        output_dir=str(Path(args.out).with_suffix(".trl")), use_cpu=args.device == "cpu",
+        bf16=args.device == "cuda", seed=args.seed,
         per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=n // args.micro_batch,
         num_generations=args.group_size, max_completion_length=args.max_new_tokens, temperature=1.0,
         top_p=1.0, top_k=0, generation_kwargs=gen_kwargs, beta=0.0, num_iterations=1, epsilon=0.2,
@@ -78,7 +80,8 @@ def main() -> int:
                 history.append(dict(logs))
 
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.device == "cuda"
+                                                 else torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=_reward, args=cfg, train_dataset=ds, processing_class=tok,
                           callbacks=[Timer()])
     setup_s = time.perf_counter() - t0
