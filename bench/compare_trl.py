@@ -99,7 +99,7 @@ def run_rlengine(model: Path, prompts: Path, a, tokens: int, natural: bool, run_
             "algorithm.minibatches=1", "algorithm.loss_agg=token-mean", f"trainer.micro_batch_size={a.micro_batch}",
             "trainer.lr=1e-5", f"trainer.total_steps={a.warmup + a.steps}", "eval.before=false", "eval.after=false",
             "checkpoint.save_hf=false", "tracking.progress_bar=false", "tracking.tensorboard=false",
-            f"rollout.kv_cache_gib=2", f"run_dir={run_dir}", "resume=never"]
+            "rollout.kv_cache_gib=2", f"run_dir={run_dir}", "resume=never"]
     if a.rollout_bind:
         args.append(f"rollout.cpu_bind={a.rollout_bind}")
     if a.device == "cuda":  # one GPU: trainer and rollout share it (colocated), bf16
