@@ -315,7 +315,6 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
                              f"{cfg.trainer.total_steps}; checkpoint: {where or 'none (no step done)'}. "
                              f"Rerun the same command to resume (resume=auto, run_dir={run_dir}).")
     summary["steps"] = step
-    summary["faults"] = dict(ctl.faults)
     if cfg.eval.after:
         ev, name, value = _evaluate(cfg, ctl)
         summary[f"{key}_after"] = value

@@ -142,8 +142,7 @@ def save(cfg: RootConfig, plan: Plan, ctl, roles, run_dir: Path, step: int, tok_
 
     get_all(refs)
     AutoTokenizer.from_pretrained(tok_path).save_pretrained(tmp / "trainer" / "model_config")
-    if faults.armed("checkpoint_write", step):
-        os.kill(os.getpid(), 9)
+    faults.maybe_kill("checkpoint_write", step)
     if hf:
         roles.trainer.call_all("save_hf", str(tmp / "hf"), tok_path)
     torch.save(checkpoint.capture_rng(), tmp / "driver_rng.pt")
@@ -157,8 +156,7 @@ def save(cfg: RootConfig, plan: Plan, ctl, roles, run_dir: Path, step: int, tok_
              "time": time.time(), "config": to_dict(cfg)}
     final = checkpoint.commit(run_dir, step, state, cfg.checkpoint.keep_last)
     log.info("checkpoint step %d: %s", step, final)
-    if faults.armed("after_checkpoint", step):
-        os.kill(os.getpid(), 9)
+    faults.maybe_kill("after_checkpoint", step)
     return final
 
 
