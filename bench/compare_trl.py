@@ -91,17 +91,25 @@ def write_prompts(path: Path, n: int) -> Path:
     return path
 
 
+def warmup_steps(a, natural: bool) -> int:
+    """Natural-length steps each bring new shapes: one more warm-up step for both engines covers a
+    compiled trainer's single dynamic-shape recompile (trainer.compile)."""
+    return a.warmup + (1 if natural else 0)
+
+
 def run_rlengine(model: Path, prompts: Path, a, tokens: int, natural: bool, run_dir: Path) -> dict:
+    warm = warmup_steps(a, natural)
     args = ["recipe=grpo_tiny", f"model.path={model}", f"data.train_path={prompts}", f"data.test_path={prompts}",
             "data.shuffle=false", f"data.prompts_per_step={a.prompts}", f"algorithm.group_size={a.group_size}",
             f"rollout.max_new_tokens={tokens}", f"rollout.ignore_eos={str(not natural).lower()}",
             f"rollout.max_model_len={tokens + 64}", "algorithm.kl_coef=0", "algorithm.ppo_epochs=1",
             "algorithm.minibatches=1", "algorithm.loss_agg=token-mean", f"trainer.micro_batch_size={a.micro_batch}",
-            "trainer.lr=1e-5", f"trainer.total_steps={a.warmup + a.steps}", "eval.before=false", "eval.after=false",
+            "trainer.lr=1e-5", f"trainer.total_steps={warm + a.steps}", "eval.before=false", "eval.after=false",
             "checkpoint.save_hf=false", "tracking.progress_bar=false", "tracking.tensorboard=false",
             "rollout.kv_cache_gib=2", f"run_dir={run_dir}", "resume=never"]
     if a.rollout_bind:
         args.append(f"rollout.cpu_bind={a.rollout_bind}")
+    args += a.rlengine_override
     if a.device == "cuda":  # one GPU: trainer and rollout share it (colocated), bf16
         args += ["resources.device=cuda", "model.dtype=bfloat16", "resources.gpus_per_trainer=1",
                  "resources.gpus_per_rollout=1", "resources.colocate=true", "rollout.gpu_memory_utilization=0.3",
@@ -112,18 +120,20 @@ def run_rlengine(model: Path, prompts: Path, a, tokens: int, natural: bool, run_
     if proc.returncode:
         raise RuntimeError(f"rlengine run failed ({proc.returncode}): {proc.stderr[-3000:]}")
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in steps if "timing_s/step" in m][a.warmup:]
+    steps = [m for m in steps if "timing_s/step" in m][warm:]
     roles_up = float(re.search(r"roles up in ([\d.]+)s", (run_dir / "run.log").read_text()).group(1))
     return {"engine": "rlengine", "step_times_s": [m["timing_s/step"] for m in steps],
             "phases": {p: [m.get(f"timing_s/{p}", 0.0) for m in steps] for p in PHASES},
             "response_tokens": [m["response_length/mean"] * a.prompts * a.group_size for m in steps],
             "trained_tokens": [m["perf/throughput_tokens_per_s"] * m["timing_s/step"] for m in steps],
-            "sync_bytes": steps[0].get("sync/bytes", 0.0), "roles_up_s": roles_up, "wall_s": wall}
+            "sync_bytes": steps[0].get("sync/bytes", 0.0), "sync_load_s": [m.get("sync/load_s", 0.0) for m in steps],
+            "roles_up_s": roles_up, "wall_s": wall}
 
 
 def run_trl(model: Path, prompts: Path, a, tokens: int, natural: bool, out: Path) -> dict:
+    warm = warmup_steps(a, natural)
     cmd = [sys.executable, str(BENCH / "trl_grpo.py"), "--model", str(model), "--prompts", str(prompts),
-           "--steps", str(a.warmup + a.steps), "--prompts-per-step", str(a.prompts), "--group-size", str(a.group_size),
+           "--steps", str(warm + a.steps), "--prompts-per-step", str(a.prompts), "--group-size", str(a.group_size),
            "--max-new-tokens", str(tokens), "--micro-batch", str(a.micro_batch), "--out", str(out)]
     if natural:
         cmd.append("--natural-length")
@@ -136,8 +146,8 @@ def run_trl(model: Path, prompts: Path, a, tokens: int, natural: bool, out: Path
     if proc.returncode:
         raise RuntimeError(f"TRL run failed ({proc.returncode}): {proc.stderr[-3000:]}")
     r = json.loads(out.read_text())
-    logs = [entry for entry in r["logs"] if "completions/mean_length" in entry][a.warmup:]
-    return {"engine": "trl", "step_times_s": r["step_times_s"][a.warmup:], "setup_s": r["setup_s"], "wall_s": wall,
+    logs = [entry for entry in r["logs"] if "completions/mean_length" in entry][warm:]
+    return {"engine": "trl", "step_times_s": r["step_times_s"][warm:], "setup_s": r["setup_s"], "wall_s": wall,
             "response_tokens": [entry["completions/mean_length"] * a.prompts * a.group_size for entry in logs]}
 
 
@@ -146,6 +156,8 @@ def run_vllm(model: Path, prompts: Path, a, tokens: int, bind: str | None, out: 
            "--n", str(a.prompts), "--group-size", str(a.group_size), "--tokens", str(tokens), "--out", str(out)]
     if bind:
         cmd += ["--bind", bind]
+    if "rollout.enforce_eager=false" in a.rlengine_override:  # the same engine settings as the rollout
+        cmd.append("--compiled")
     if a.device == "cuda":
         cmd += ["--dtype", "bfloat16"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -179,6 +191,10 @@ def main() -> int:
     ap.add_argument("--rollout-bind", default="", help="rollout.cpu_bind for rlengine (default: the engine's own, vLLM's binding)")
     ap.add_argument("--work", default="/tmp/rlengine-bench")
     ap.add_argument("--results", default=str(RESULTS), help="where REPORT.md, summary.json and the plot go")
+    ap.add_argument("--rlengine-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra rlengine config override for the timed runs (repeatable), e.g. trainer.compile=true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other sizes of an existing raw.json in --results (run sizes separately)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: bf16 on one GPU, MFU over the GPU's measured bf16 matmul peak")
     args = ap.parse_args()
@@ -189,9 +205,14 @@ def main() -> int:
     ensure_trl()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    prompts = write_prompts(work / "prompts.jsonl", args.prompts * (args.warmup + args.steps + 1))
+    prompts = write_prompts(work / "prompts.jsonl", args.prompts * (args.warmup + args.steps + 2))
     raw = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
            "args": vars(args), "matmul_gflops_2threads": matmul_gflops(device=args.device), "sizes": {}}
+    if args.merge and (results / "raw.json").exists():
+        old = json.loads((results / "raw.json").read_text())
+        raw["sizes"] = {k: v for k, v in old["sizes"].items() if k not in args.sizes.split(",")}
+        raw["args_by_size"] = {**old.get("args_by_size", {k: old["args"] for k in old["sizes"]})}
+    raw.setdefault("args_by_size", {}).update({k: vars(args) for k in filter(None, args.sizes.split(","))})
     print(f"matmul peak: {raw['matmul_gflops_2threads']:.1f} GFLOP/s "
           f"({'bf16, GPU' if args.device == 'cuda' else 'fp32, 2 threads'})", flush=True)
     for size in filter(None, args.sizes.split(",")):

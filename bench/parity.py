@@ -42,7 +42,7 @@ def frozen_batch(tok, prompts: list[str], G: int, T: int, seed: int = 0):
     return t, adv_N
 
 
-def rlengine_side(model_dir: str, t: dict, adv_N, micro: int, zero_stage: int = 3) -> dict:
+def rlengine_side(model_dir: str, t: dict, adv_N, micro: int, zero_stage: int = 3) -> tuple[dict, int]:
     from rlengine.main import load_config
     from rlengine.protocol import Batch
     from rlengine.workers.group import free_port
@@ -59,7 +59,7 @@ def rlengine_side(model_dir: str, t: dict, adv_N, micro: int, zero_stage: int = 
     batch = Batch(tensors={**t, "advantages": adv_N[:, None] * t["response_mask"]})
     logp = w.log_probs(batch)["old_logp"]
     m = w.update_policy(batch.update(rollout_logp=logp))
-    return {"loss": m["actor/pg_loss"], "grad_norm": m["actor/grad_norm"]}
+    return {"loss": m["actor/pg_loss"], "grad_norm": m["actor/grad_norm"]}, plan.zero_stage
 
 
 def rlengine_algos_plain(model_dir: str, t: dict, adv_N) -> dict:
@@ -112,7 +112,7 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--micro-batch", type=int, default=32)
-    ap.add_argument("--zero-stage", type=int, default=3)
+    ap.add_argument("--zero-stage", type=int, default=3, help="trainer.zero_stage (one rank runs 3 as 2)")
     ap.add_argument("--mixed-lengths", action="store_true", help="prompts of different lengths (left padding)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -128,14 +128,14 @@ def main() -> int:
         want = len(tok(rows[0]["prompt"], add_special_tokens=False).input_ids)
         prompts = [r["prompt"] for r in rows if len(tok(r["prompt"], add_special_tokens=False).input_ids) == want][:16]
     t, adv_N = frozen_batch(tok, prompts, 8, args.tokens)
-    ours = rlengine_side(args.model, t, adv_N, args.micro_batch, args.zero_stage)
+    ours, stage = rlengine_side(args.model, t, adv_N, args.micro_batch, args.zero_stage)
     theirs = trl_side(args.model, t, adv_N)
     plain = rlengine_algos_plain(args.model, t, adv_N)
     rel = {k: abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12) for k in ours}
     out = {"rlengine": ours, "trl": theirs, "abs_diff": {k: abs(ours[k] - theirs[k]) for k in ours},
            "rel_diff": rel, "rlengine_algos_plain_torch": plain,
            "rel_diff_algos_plain_vs_trl": {k: abs(plain[k] - theirs[k]) / max(abs(theirs[k]), 1e-12) for k in plain}, "rows": len(adv_N), "prompt_lengths": sorted({len(tok(p).input_ids) for p in prompts}),
-           "mixed_lengths": args.mixed_lengths, "zero_stage": args.zero_stage}
+           "mixed_lengths": args.mixed_lengths, "zero_stage": stage}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out))
     return 0

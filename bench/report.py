@@ -67,6 +67,10 @@ def analyse(raw: dict) -> dict:
         s["sync_gbps"] = nbytes / sync_s / 1e9 if sync_s else None
         s["memcpy_gbps"] = e.get("memcpy_gbps")
         s["sync_vs_memcpy"] = s["sync_gbps"] / s["memcpy_gbps"] if s["sync_gbps"] and s["memcpy_gbps"] else None
+        load_s = _med([x for r in first for x in r.get("sync_load_s", [])])
+        # vLLM's own reload_weights (copy + oneDNN repack on CPU) bounds the whole sync from above.
+        s["vllm_reload_vs_memcpy"] = (nbytes / load_s / 1e9 / s["memcpy_gbps"]
+                                      if load_s == load_s and load_s and s["memcpy_gbps"] else None)
         s["startup_s"] = {"rlengine_roles_up": _med([r["roles_up_s"] for r in first]),
                           "trl_setup": _med([r["setup_s"] for r in next(iter(e["runs"].values()))["trl"]])}
         s["parity"] = e.get("parity")
@@ -89,9 +93,17 @@ def markdown(summary: dict, raw: dict) -> str:
              f"Work per step, both engines: {a['prompts']} prompts × G={a['group_size']}, max new tokens as listed "
              f"(EOS suppressed unless 'natural'), KL 0, one update per batch, token-mean loss, micro-batch "
              f"{a['micro_batch']}, fp32, 2 threads. {a['pairs']} A/B pairs per row (fresh processes, alternating "
-             f"A B B A), {a['warmup']} warm-up step(s) dropped, {a['steps']} timed step(s) per run. rlengine rollout "
-             f"binding: `rollout.cpu_bind={a.get('rollout_bind') or 'default'}`.", "",
-             "Reproduce: `.venv/bin/python bench/compare_trl.py` (then `bench/report.py` re-renders this file).", "",
+             f"A B B A), {a['warmup']} warm-up step(s) dropped (natural length: one more), {a['steps']} timed step(s) per run. rlengine rollout "
+             f"binding: `rollout.cpu_bind={a.get('rollout_bind') or 'default'}`."
+             + (f" rlengine config overrides: `{' '.join(a['rlengine_override'])}`." if a.get("rlengine_override") else ""),
+             "",
+             *(["Per size: " + "; ".join(f"{k}: {v['pairs']} pair(s), tokens {v['tokens']}"
+                                          + (", natural" if k in (v.get('natural_sizes') or '').split(',') else "")
+                                          for k, v in raw["args_by_size"].items()) + ".", ""]
+               if raw.get("args_by_size") else []),
+             "Reproduce: `.venv/bin/python bench/compare_trl.py"
+             + "".join(f" --rlengine-override {o}" for o in a.get("rlengine_override", []))
+             + "` (then `bench/report.py` re-renders this file).", "",
              "## Step time", "",
              "| model | params | work | rlengine s/step (min–max) | TRL s/step (min–max) | ratio rlengine/TRL (pairs min–max) |",
              "|---|---|---|---|---|---|"]
@@ -135,6 +147,11 @@ def markdown(summary: dict, raw: dict) -> str:
     for size, s in summary["sizes"].items():
         lines.append(f"| {size} | {_fmt(s['sync_gbps'], '.3f')} | {_fmt(s['memcpy_gbps'], '.2f')} | "
                      f"{_fmt(s['sync_vs_memcpy'], '.3f')} |")
+    lines += ["", "vLLM's own `reload_weights` (inside the sync: the copy into the engine plus the CPU build's oneDNN "
+              "repack), as a fraction of in-process copy bandwidth: "
+              + ", ".join(f"{k}: {_fmt(s.get('vllm_reload_vs_memcpy'), '.3f')}" for k, s in summary["sizes"].items())
+              + ". The sync cannot be faster than that step alone.", ""]
+    lines += targets(summary)
     lines += ["", "## Parity (one frozen batch, before timing)", "",
               "| model | prompts | loss rlengine | loss TRL | rel diff | grad norm rlengine | grad norm TRL | rel diff |",
               "|---|---|---|---|---|---|---|---|"]
@@ -158,6 +175,34 @@ def markdown(summary: dict, raw: dict) -> str:
               "same loss by the relative amount shown (their norm equals what DeepSpeed reports). Not yet "
               "explained; see the project's open notes."]
     return "\n".join(lines) + "\n"
+
+
+def targets(summary: dict) -> list[str]:
+    """The issue's targets against this run (a target at a size that was not run is left out)."""
+    rows = []
+    for size, s in summary["sizes"].items():
+        for key, r in s["ratio_vs_trl"].items():
+            if "natural" in key:
+                t = s["response_tokens_per_s"][key]
+                rows.append((f"natural length, trained tokens/s vs TRL ({size}, {key.split('_')[0]} max)",
+                             "≥ 1.5×", t["rlengine"] / t["trl"], t["rlengine"] / t["trl"] >= 1.5))
+            elif size != "tiny":
+                rows.append((f"step time vs TRL ({size}, {key} tok)", "≤ 0.8×", r, r <= 0.8))
+        if size != "tiny":
+            o = next(iter(s["overhead_frac"].values()))
+            rows.append((f"orchestration overhead, remainder + sync ({size})", "≤ 5%", o["remainder_plus_sync"],
+                         o["remainder_plus_sync"] <= 0.05))
+        for key, v in s["rollout_vs_vllm"].items():
+            if v is not None:
+                rows.append((f"rollout vs standalone vLLM ({size}, {key} tok)", "≥ 0.9×", v, v >= 0.9))
+    big = max(summary["sizes"].items(), key=lambda kv: kv[1]["params"])
+    if big[1].get("sync_vs_memcpy") is not None:
+        rows.append((f"weight sync vs in-process copy ({big[0]})", "≥ 0.5×", big[1]["sync_vs_memcpy"],
+                     big[1]["sync_vs_memcpy"] >= 0.5))
+    lines = ["## Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {name} | {want} | {_fmt(v, '.1%') if '%' in want else _fmt(v, '.2f') + '×'} | "
+              f"{'yes' if ok else '**no**'} |" for name, want, v, ok in rows]
+    return lines + [""]
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--bind", default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--compiled", action="store_true", help="enforce_eager=False, as rollout.enforce_eager=false")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -41,7 +42,7 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(args.model)
     rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines()[: args.n]]
     reqs = [{"prompt_token_ids": tok(r["prompt"], add_special_tokens=False).input_ids} for r in rows]
-    llm = LLM(model=args.model, dtype=args.dtype, seed=1, enforce_eager=True, max_model_len=args.tokens + 64,
+    llm = LLM(model=args.model, dtype=args.dtype, seed=1, enforce_eager=not args.compiled, max_model_len=args.tokens + 64,
               logprobs_mode="processed_logprobs")
 
     def run(seed0: int) -> tuple[float, int]:

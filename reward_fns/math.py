@@ -215,6 +215,11 @@ def _mv_equal(answer: str, gold: str) -> bool:
     return bool(clock.call(verify, g, a, timeout_seconds=clock.timeout()))
 
 
+def warmup() -> None:
+    """Run once per scoring process at start-up (rlengine.rewards): loads math-verify's parser."""
+    _mv_equal("\\frac{1}{2}", "0.5")
+
+
 def is_equivalent(answer: str, ground_truth: str) -> bool:
     """Whether the extracted answer means the same as the reference answer (may raise; compute_score
     guards it)."""

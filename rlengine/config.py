@@ -138,6 +138,9 @@ class RolloutConfig(_Frozen):
     cpu_bind: Optional[str] = None
     enforce_eager: bool = True
     max_logprob_drift: float = 0.05  # mean |vLLM logp - trainer logp| above this fails the step
+    # Weight sync to rollout workers on the trainer's host through one shared-memory file instead
+    # of the object store (3x faster at 30M parameters); workers on other hosts always get objects.
+    sync_shared_memory: bool = True
 
 
 @dataclass
@@ -154,6 +157,10 @@ class TrainerConfig(_Frozen):
     micro_batch_size: int = 64  # sequences per forward/backward per rank
     zero_stage: int = 3
     cpu_threads: int = 2
+    # torch.compile the model's forward (inductor; on CPU it needs a C++ compiler).  Fuses the
+    # norm/rotary/activation kernels: ~10% off a CPU update at 30M parameters (bench/).  The first
+    # step pays the compile (~15-60 s) and new sequence lengths compile dynamic-shape graphs once.
+    compile: bool = False
 
 
 @dataclass
@@ -307,6 +314,10 @@ class Plan:
     # update's own forward pass (ratio 1), so the separate old-log-prob pass is skipped and the
     # trainer reports the vLLM-vs-trainer drift from that pass.
     old_logp_in_update: bool = False
+    # The ZeRO stage DeepSpeed runs.  One rank has nothing to partition: stage 3's per-module
+    # gather hooks then only cost time (~10% of a CPU update, bench/), so it runs stage 2, which
+    # keeps the same sharded checkpoint format and optimizer.
+    zero_stage: int = 3
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -410,6 +421,7 @@ def validate(cfg: RootConfig) -> Plan:
         advantage=None if a.name in STAGES else a.name,
         eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
         dtype=cfg.model.dtype,
+        zero_stage=2 if t.zero_stage == 3 and t.world_size == 1 else t.zero_stage,
         old_logp_in_update=(a.ppo_epochs == 1 and a.minibatches == 1 and not a.reuse_rollout_logprobs
                             and a.name not in STAGES and not (a.kl_coef > 0 and a.kl_in_reward)),
     )

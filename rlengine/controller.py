@@ -15,7 +15,7 @@ from rlengine.config import Plan, RootConfig
 from rlengine.data import PromptEncoder, PromptLoader, pair_batch, sft_batch
 from rlengine.protocol import Batch
 from rlengine.rewards import RewardManager
-from rlengine.weight_sync import WeightSyncError, compare, compare_engine
+from rlengine.weight_sync import WeightSyncError, compare
 from rlengine.workers.group import WorkerGroup
 
 log = logging.getLogger("rlengine")
@@ -63,6 +63,7 @@ class Controller:
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_ctl == "adaptive"
                        else FixedKLController(a.kl_coef))
         self.faults = {f"faults/{g.name}_restarts": 0 for g in roles.all() if g.max_restarts}
+        self._sync_shared = cfg.rollout.sync_shared_memory  # off for good once a worker cannot map it
 
     def state_dict(self) -> dict:
         """Everything of the driver's that the next step depends on (JSON-able)."""
@@ -237,24 +238,30 @@ class Controller:
     def sync_weights(self) -> dict:
         """Trainer -> every rollout worker, then compare checksums; a mismatch stops the run."""
         t0 = time.perf_counter()
-        exports = [a.export_weights.remote() for a in self.roles.trainer.actors]  # collective under ZeRO-3
-        buckets_ref = exports[0]
-        loads = [r.load_weights.remote(buckets_ref) for r in self.roles.rollout.actors]
+        shared = self._sync_shared
+        exports = [a.export_weights.remote(shared=shared) for a in self.roles.trainer.actors]  # collective (ZeRO-3)
+        loads = [r.load_weights.remote(exports[0]) for r in self.roles.rollout.actors]
         ray.get(exports[1:])
-        sent = {name: cs for b in ray.get(self.roles.trainer.actors[0].last_checksums.remote()) for name, cs in b.items()}
         reports = ray.get(loads)
+        if any(r.get("fallback") for r in reports):
+            log.info("a rollout worker cannot map the trainer's shared memory (another host): weights go "
+                     "through the object store from now on")
+            self._sync_shared = False
+            return self.sync_weights()
+        sent = {name: cs for b in ray.get(self.roles.trainer.actors[0].last_checksums.remote()) for name, cs in b.items()}
         n_bytes = reports[0]["bytes"]
         for rank, rep in enumerate(reports):
             res = compare(sent, rep["checksums"], n_bytes)
-            verified, bad = compare_engine(sent, rep["engine"]["sums"], rep["engine"]["packed"])
-            if not res.ok or bad:
+            if not res.ok or rep["engine_bad"]:
                 raise WeightSyncError(
                     f"weight sync to rollout worker {rank} failed verification: received tensors "
                     f"mismatched {list(res.mismatched)[:5]}, missing {list(res.missing)[:5]}; "
-                    f"engine tensors differing from the trainer's: {bad[:5]}")
+                    f"engine tensors differing from what they were given: {rep['engine_bad'][:5]}")
         dt = time.perf_counter() - t0
         return {"sync/checksum_ok": 1.0, "sync/bytes": float(n_bytes), "sync/gbps": n_bytes / dt / 1e9,
-                "sync/load_s": max(r["load_s"] for r in reports), "sync/engine_tensors_verified": float(verified)}
+                "sync/load_s": max(r["load_s"] for r in reports),
+                "sync/engine_tensors_verified": float(min(r["engine_verified"] for r in reports)),
+                "sync/shared_memory": float(all(r["shared"] for r in reports))}
 
     def evaluate(self) -> dict:
         """Greedy accuracy on the held-out split: the first reward function's score >= 1 counts as correct."""

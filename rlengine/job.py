@@ -64,12 +64,20 @@ class GracefulStop:
                     "(send it again to stop at once)", name)
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
+              "MALLOC_TOP_PAD_": str(1 << 30)}
+
+
 def actor_env() -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
            # torch.distributed warns on every reduce_scatter DeepSpeed issues; keep the console readable.
            "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning"),
            "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    # glibc returns freed activation buffers (> the 32 MiB mmap threshold) to the kernel and
+    # page-faults them back on the next micro-batch: keep them in the heap instead (measured ~5%
+    # of a CPU update, and most of its system time).  A user's own setting wins.
+    env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     for k in ("RLENGINE_CACHE", "HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT",
               faults.ENV, faults.STATE_ENV):
         if k in os.environ:

@@ -90,7 +90,7 @@ def _model_dims(path: str | None) -> dict | None:
 def shape(cfg: RootConfig, plan: Plan) -> dict:
     """What a checkpoint's tensors depend on: resuming with any of it changed cannot work."""
     return {"algorithm.name": cfg.algorithm.name, "model.dtype": cfg.model.dtype,
-            "trainer.world_size": cfg.trainer.world_size, "trainer.zero_stage": cfg.trainer.zero_stage,
+            "trainer.world_size": cfg.trainer.world_size, "trainer.zero_stage": plan.zero_stage,
             "critic": plan.use_critic}
 
 

@@ -145,6 +145,21 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _init_worker(parent: int, fns: list[tuple[str, bool]]) -> None:
+    _die_with_parent(parent)
+    # Import the reward functions now, and run their module's optional `warmup()` (math-verify's
+    # parser loads in ~1 s), not inside the first step this worker happens to get work in.
+    # Errors surface, with their path, on the real calls.
+    for spec, batched in fns:
+        try:
+            fn = resolve_fn(spec, batched=batched)
+            warmup = getattr(sys.modules.get(getattr(fn, "__module__", ""), None), "warmup", None)
+            if callable(warmup):
+                _call(warmup, (), {}, 30.0)
+        except BaseException:
+            pass
+
+
 def _warm() -> None:
     import time
 
@@ -170,7 +185,8 @@ class RewardManager:
     def _get_pool(self):
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(self.cfg.num_workers, mp_context=mp.get_context("spawn"),
-                                                initializer=_die_with_parent, initargs=(os.getpid(),))
+                                                initializer=_init_worker,
+                                                initargs=(os.getpid(), [(f.fn, f.batched) for f in self.cfg.fns]))
             # Start every worker now, so process start-up never counts against a call's timeout.
             cf.wait([self._pool.submit(_warm) for _ in range(self.cfg.num_workers)])
         return self._pool

@@ -60,7 +60,7 @@ def test_grpo_tiny_plan_by_hand():
     assert plan == Plan(samples_per_step=256, minibatch_size=256, micro_batches_per_minibatch=1,
                         micro_batch_size=256, use_reference=True, use_critic=False,
                         use_reward_model=False, advantage="grpo",
-                        eval_max_new_tokens=8, dtype="float32", old_logp_in_update=True)
+                        eval_max_new_tokens=8, dtype="float32", old_logp_in_update=True, zero_stage=2)
     assert cfg.model.path == "tiny:sft"
     assert cfg.resources.device == "cpu"
 
@@ -71,8 +71,19 @@ def test_sft_tiny_plan_by_hand():
     assert plan == Plan(samples_per_step=64, minibatch_size=64, micro_batches_per_minibatch=1,
                         micro_batch_size=64, use_reference=False, use_critic=False,
                         use_reward_model=False, advantage=None,
-                        eval_max_new_tokens=8, dtype="float32")
+                        eval_max_new_tokens=8, dtype="float32", zero_stage=2)
     assert cfg.model.path == "tiny:base"
+
+
+@pytest.mark.parametrize("overrides, stage", [
+    ([], 2),  # one rank: nothing to partition, so stage 3 runs as stage 2
+    (["trainer.world_size=2", "data.prompts_per_step=4"], 3),
+    (["trainer.zero_stage=0"], 0),
+    (["trainer.zero_stage=1"], 1),
+    (["trainer.world_size=2", "data.prompts_per_step=4", "trainer.zero_stage=2"], 2),
+])
+def test_effective_zero_stage(overrides, stage):
+    assert load_config("grpo_tiny", overrides)[1].zero_stage == stage
 
 
 @pytest.mark.parametrize("overrides, expected", [

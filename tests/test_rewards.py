@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlengine.config import ConfigError, RewardConfig, RewardFnConfig
 from rlengine.rewards import RewardManager, resolve_fn
@@ -278,3 +277,31 @@ def test_math_gold_answer_from_gsm8k_and_math_solutions():
     assert gold_answer(" 15 ") == "15"
     assert compute_score("", "... so she sold 72 clips. #### 72", "She sold 24 in May.\n#### 72")["score"] == 1.0
     assert compute_score("", "#### 71", "She sold 24 in May.\n#### 72")["score"] == 0.0
+
+
+WARMING = '''
+import os
+from pathlib import Path
+
+def warmup():
+    Path(os.environ["WARM_DIR"], str(os.getpid())).write_text("warm")
+
+def fn(prompt, response, ground_truth, **extra):
+    return float(Path(os.environ["WARM_DIR"], str(os.getpid())).exists())
+'''
+
+
+def test_every_pool_worker_runs_the_module_warmup_once_at_start(tmp_path, monkeypatch):
+    """A reward module's optional warmup() runs in each scoring process before its first call, so
+    one-time initialisation never lands inside a step."""
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    monkeypatch.setenv("WARM_DIR", str(warm))
+    m = RewardManager(RewardConfig(fns=[RewardFnConfig(fn=_write(tmp_path, "r_warm.py", WARMING) + ":fn")],
+                                   num_workers=2, timeout_s=30.0))
+    try:
+        res = m.score(["p"] * 8, ["r"] * 8, ["t"] * 8, [{}] * 8)
+    finally:
+        m.close()
+    assert res.per_fn[0].tolist() == [1.0] * 8  # each call's process had already warmed up
+    assert len(list(warm.iterdir())) == 2  # one marker per worker

@@ -15,7 +15,7 @@ from rlengine.config import RootConfig
 from rlengine.data import pack_sequences
 from rlengine.modeling import set_threads
 from rlengine.protocol import Batch
-from rlengine.weight_sync import checksum
+from rlengine.weight_sync import checksum, compare_engine, open_shared
 
 
 def _vllm_env(cfg: RootConfig) -> None:
@@ -95,17 +95,25 @@ class RolloutWorker:
         return Batch(tensors=batch, meta=meta, info={f"gen_s/rank{self.rank}": gen_s})
 
     @torch.no_grad()
-    def load_weights(self, buckets: list[dict]) -> dict:
-        """Checksum what arrived, then hand it to vLLM; returns the received checksums."""
-        named = [nt for b in buckets for nt in b["tensors"]]
-        received = checksum(named)
+    def load_weights(self, export: list[dict]) -> dict:
+        """Checksum what arrived (in shared memory or as buckets), hand it to vLLM, and compare the
+        tensors vLLM keeps readable with it.  {"fallback": True} when the shared-memory file of
+        another host or process namespace is not reachable from here: the caller sends buckets."""
+        if "shared" in export[0]:
+            named = open_shared(export[0]["shared"])
+            if named is None:
+                return {"fallback": True}
+        else:
+            named = [nt for b in export for nt in b["tensors"]]
+        received = checksum(named, threads=self.cfg.rollout.cpu_threads)
         t0 = time.perf_counter()
         self.llm.collective_rpc(_load_weights, args=(named,))
         self.llm.reset_prefix_cache()
         load_s = time.perf_counter() - t0
         engine = self.llm.collective_rpc(_engine_sums)[0]
-        return {"checksums": received, "load_s": load_s, "engine": engine,
-                "bytes": sum(t.numel() * t.element_size() for _, t in named)}
+        verified, bad = compare_engine(dict(named), engine["sums"], engine["packed"])
+        return {"checksums": received, "load_s": load_s, "engine_verified": verified, "engine_bad": bad,
+                "shared": "shared" in export[0], "bytes": sum(t.numel() * t.element_size() for _, t in named)}
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)

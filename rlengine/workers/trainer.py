@@ -6,6 +6,7 @@ parameters is collective under ZeRO-3: the WorkerGroup calls it on all ranks at 
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from contextlib import nullcontext
@@ -18,7 +19,9 @@ from rlengine.algos import losses as L
 from rlengine.config import Plan, RootConfig
 from rlengine.modeling import DTYPES, load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
-from rlengine.weight_sync import BUCKET_BYTES, bucketize, checksum
+from rlengine.weight_sync import BUCKET_BYTES, SharedWeights, bucketize, checksum
+
+log = logging.getLogger("rlengine")
 
 
 def deepspeed_config(cfg: RootConfig, plan: Plan) -> dict:
@@ -29,7 +32,7 @@ def deepspeed_config(cfg: RootConfig, plan: Plan) -> dict:
         "train_batch_size": plan.micro_batch_size * plan.micro_batches_per_minibatch * t.world_size,
         "gradient_clipping": t.max_grad_norm,
         "zero_optimization": {
-            "stage": t.zero_stage,
+            "stage": plan.zero_stage,
             "overlap_comm": False,
             "contiguous_gradients": True,
             # Tensors smaller than this stay replicated; the tiny model's norms and biases do.
@@ -76,7 +79,7 @@ class TrainerWorker:
         self.ds_config = deepspeed_config(cfg, plan)
         # Must stay alive while the model is built: from_pretrained then constructs under zero.Init
         # and every rank materialises only its own partition.
-        self._hf_ds = HfDeepSpeedConfig(self.ds_config) if cfg.trainer.zero_stage == 3 else None
+        self._hf_ds = HfDeepSpeedConfig(self.ds_config) if plan.zero_stage == 3 else None
         model = self._load_model(model_path)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -87,6 +90,8 @@ class TrainerWorker:
         sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optim, lr_scheduler=sched, config=self.ds_config)
+        if cfg.trainer.compile:
+            self.engine.compile(compile_kwargs={"dynamic": None})
         self.device = self.engine.device
         self.optimizer_steps = 0
 
@@ -217,29 +222,49 @@ class TrainerWorker:
                 "actor/lr": self.scheduler.get_last_lr()[0]}
 
     def _gathered(self, params):
-        if self.cfg.trainer.zero_stage != 3:
+        if self.plan.zero_stage != 3:
             return nullcontext()
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     @torch.no_grad()
-    def export_weights(self, bucket_bytes: int = BUCKET_BYTES) -> list[dict] | None:
-        """Full weights, bucket by bucket (collective). Rank 0 returns
-        [{"tensors": [(name, cpu_tensor)], "checksums": {...}}]; other ranks return None."""
+    def export_weights(self, bucket_bytes: int = BUCKET_BYTES, shared: bool = False) -> list[dict] | None:
+        """Full weights, bucket by bucket (collective). Rank 0 returns [{"tensors": [(name, cpu_tensor)],
+        "checksums": {...}}], or with `shared` [{"shared": handle, "checksums": {...}}]: the weights
+        written into one shared-memory file that same-host rollout workers read in place (falls
+        back to buckets when /dev/shm has no room).  Other ranks return None."""
         named = list(self.module.named_parameters())
-        sizes = [(n, p.ds_numel * p.element_size() if hasattr(p, "ds_numel") else p.numel() * p.element_size())
-                 for n, p in named]
+        full_shape = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in named}
+        sizes = [(n, math.prod(full_shape[n]) * p.element_size()) for n, p in named]
         params = dict(named)
-        buckets = []
+        store = self._shared_store([(n, full_shape[n], p.dtype) for n, p in named]) if shared and self.rank == 0 else None
+        buckets, sums = [], {}
         for names in bucketize(sizes, bucket_bytes):
             group = [params[n] for n in names]
             with self._gathered(group):
-                if self.rank == 0:
+                if self.rank != 0:
+                    continue
+                if store is not None:
+                    for n in names:
+                        store.views[n].copy_(params[n].detach())
+                    sums.update(checksum([(n, store.views[n]) for n in names]))
+                else:
                     tensors = [(n, params[n].detach().to("cpu", copy=True)) for n in names]
                     buckets.append({"tensors": tensors, "checksums": checksum(tensors)})
+        if store is not None:
+            buckets = [{"shared": store.handle(), "checksums": sums}]
         self._last_checksums = [b["checksums"] for b in buckets]
         return buckets if self.rank == 0 else None
+
+    def _shared_store(self, layout: list) -> SharedWeights | None:
+        if getattr(self, "_shared", None) is None and not getattr(self, "_shared_failed", False):
+            try:
+                self._shared = SharedWeights(layout)
+            except OSError as e:
+                self._shared_failed = True
+                log.warning("weight sync through /dev/shm unavailable (%s): sending Ray objects instead", e)
+        return getattr(self, "_shared", None)
 
     @torch.no_grad()
     def gathered_checksums(self) -> dict:
@@ -292,6 +317,9 @@ class TrainerWorker:
         restore_rng(state["rng"])
         self.optimizer_steps = state["optimizer_steps"]
         return self.optimizer_steps
+
+    def is_compiled(self) -> bool:
+        return bool(getattr(self.engine, "is_compiled", False))
 
     def shard_info(self) -> dict:
         """Per-parameter local partition sizes: shows how ZeRO-3 split the model across ranks."""

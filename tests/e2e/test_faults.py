@@ -3,7 +3,6 @@
 Faults are injected with RLENGINE_FAULT (rlengine/faults.py): the named process SIGKILLs itself
 at a named point of a step, once.
 """
-import json
 import os
 import signal
 import subprocess

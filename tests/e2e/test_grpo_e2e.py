@@ -33,6 +33,7 @@ def test_three_grpo_steps_two_zero3_ranks(tmp_path):
     assert [m["step"] for m in steps] == [1, 2, 3]
     for m in steps:
         assert m["sync/checksum_ok"] == 1.0 and m["sync/engine_tensors_verified"] > 0
+        assert m["sync/shared_memory"] == 1.0  # rank 0 gathers the ZeRO-3 shards into /dev/shm
         assert m["sync/logprob_drift"] < 1e-4, m["sync/logprob_drift"]  # fp32: vLLM and trainer agree
         for key in ("actor/pg_loss", "actor/kl", "actor/entropy", "actor/clip_frac", "actor/grad_norm",
                     "reward/mean", "response_length/mean", "timing_s/rollout", "timing_s/reward", "timing_s/ref",
@@ -62,14 +63,18 @@ def test_three_grpo_steps_two_zero3_ranks(tmp_path):
 
 
 def test_same_seed_same_first_step(tmp_path):
-    """Killing nothing, changing nothing: two runs with one seed give the same first-step metrics."""
+    """Two runs with one seed give the same first-step metrics, whichever way the weights reach
+    vLLM: the shared-memory file (same host, the default) or Ray objects (what another host gets)."""
     runs = []
-    for i in range(2):
+    for i, shm in enumerate(("true", "false")):
         run_dir = tmp_path / f"run{i}"
         _check(run_main([*SMALL, "trainer.total_steps=1", "eval.before=false", "eval.after=false",
-                         "checkpoint.save_hf=false", f"run_dir={run_dir}"]))
+                         "checkpoint.save_hf=false", f"rollout.sync_shared_memory={shm}", f"run_dir={run_dir}"]))
         first = next(m for m in read_metrics(run_dir) if m["step"] == 1)
-        runs.append({k: v for k, v in first.items() if not k.startswith(VOLATILE) and k not in ("time",)})
+        assert first["sync/shared_memory"] == (1.0 if shm == "true" else 0.0)
+        assert first["sync/checksum_ok"] == 1.0 and first["sync/engine_tensors_verified"] > 0
+        runs.append({k: v for k, v in first.items()
+                     if not k.startswith(VOLATILE) and k not in ("time", "sync/shared_memory")})
     assert runs[0].keys() == runs[1].keys()
     for k in runs[0]:
         assert runs[0][k] == pytest.approx(runs[1][k], rel=1e-6, abs=1e-7), k
