@@ -194,7 +194,9 @@ def main() -> int:
     ap.add_argument("--rlengine-override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra rlengine config override for the timed runs (repeatable), e.g. trainer.compile=true")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the other sizes of an existing raw.json in --results (run sizes separately)")
+                    help="keep what an existing raw.json in --results holds and this run does not redo "
+                         "(other sizes, other work of the same size)")
+    ap.add_argument("--natural-only", action="store_true", help="only the natural-length work of --natural-sizes")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: bf16 on one GPU, MFU over the GPU's measured bf16 matmul peak")
     args = ap.parse_args()
@@ -210,18 +212,21 @@ def main() -> int:
            "args": vars(args), "matmul_gflops_2threads": matmul_gflops(device=args.device), "sizes": {}}
     if args.merge and (results / "raw.json").exists():
         old = json.loads((results / "raw.json").read_text())
-        raw["sizes"] = {k: v for k, v in old["sizes"].items() if k not in args.sizes.split(",")}
+        raw["sizes"] = dict(old["sizes"])
         raw["args_by_size"] = {**old.get("args_by_size", {k: old["args"] for k in old["sizes"]})}
-    raw.setdefault("args_by_size", {}).update({k: vars(args) for k in filter(None, args.sizes.split(","))})
+    if not args.natural_only:  # a natural-only rerun adds to what the size's full run recorded
+        raw.setdefault("args_by_size", {}).update({k: vars(args) for k in filter(None, args.sizes.split(","))})
     print(f"matmul peak: {raw['matmul_gflops_2threads']:.1f} GFLOP/s "
           f"({'bf16, GPU' if args.device == 'cuda' else 'fp32, 2 threads'})", flush=True)
     for size in filter(None, args.sizes.split(",")):
         model = build(size)
-        entry = raw["sizes"][size] = {"params": n_params(model), "runs": {}, "vllm": {}}
+        entry = raw["sizes"][size] = {**raw["sizes"].get(size, {}), "params": n_params(model)}
+        entry.setdefault("runs", {})
+        entry.setdefault("vllm", {})
         entry["parity"] = run_parity(model, work / f"parity_{size}.json", mixed=False)
         entry["parity_mixed_lengths"] = run_parity(model, work / f"parity_{size}_mixed.json", mixed=True)
         print(size, "parity", json.dumps(entry["parity"].get("rel_diff", entry["parity"])), flush=True)
-        configs = [(int(t), False) for t in args.tokens.split(",")]
+        configs = [] if args.natural_only else [(int(t), False) for t in args.tokens.split(",")]
         if size in args.natural_sizes.split(","):
             configs.append((int(args.tokens.split(",")[0]), True))
         for tokens, natural in configs:

@@ -184,7 +184,7 @@ def targets(summary: dict) -> list[str]:
         for key, r in s["ratio_vs_trl"].items():
             if "natural" in key:
                 t = s["response_tokens_per_s"][key]
-                rows.append((f"natural length, trained tokens/s vs TRL ({size}, {key.split('_')[0]} max)",
+                rows.append((f"natural length, trained response tokens/s vs TRL ({size}, {key.split('_')[0]} max)",
                              "≥ 1.5×", t["rlengine"] / t["trl"], t["rlengine"] / t["trl"] >= 1.5))
             elif size != "tiny":
                 rows.append((f"step time vs TRL ({size}, {key} tok)", "≤ 0.8×", r, r <= 0.8))

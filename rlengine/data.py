@@ -205,3 +205,29 @@ def pair_batch(tokenizer, rows: list[dict], d, max_length: int = 512) -> Batch:
     prompts = [r[d.prompt_key] for r in rows for _ in (0, 1)]
     responses = [r[key] for r in rows for key in (d.chosen_key, d.rejected_key)]
     return Batch(tensors=encode_texts(tokenizer, prompts, responses, max_length))
+
+
+def trim_padding(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Cut the columns that are padding in every row of this (micro-)batch out of the
+    pack_sequences layout: leading prompt columns and trailing response columns.
+
+    Tensors of width P+R (input_ids, attention_mask, position_ids) and of width R (responses,
+    masks, per-token log-probs, advantages, ...) are cut alike; others pass unchanged.  Positions
+    of real tokens do not move, so every row's logits are the same as in the padded batch.
+    """
+    attn = t["attention_mask"]
+    L, R = attn.shape[1], t["responses"].shape[1]
+    P = L - R
+    used = attn.bool().any(0)  # [L]
+    first = min(int(used[:P].nonzero()[0]) if used[:P].any() else P - 1, P - 1)
+    tail = used[P:].nonzero()
+    r_keep = int(tail[-1]) + 1 if len(tail) else 1
+    out = {}
+    for k, v in t.items():
+        if v.dim() >= 2 and v.shape[1] == L:
+            out[k] = v[:, first:P + r_keep]
+        elif v.dim() >= 2 and v.shape[1] == R:
+            out[k] = v[:, :r_keep]
+        else:
+            out[k] = v
+    return out

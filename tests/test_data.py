@@ -246,3 +246,59 @@ def test_preference_rows_skip_mode_counts_and_error_mode_names_the_line(tmp_path
     assert [r["chosen"] for r in good] == ["a", "c"] and skipped == 2
     with pytest.raises(DataError, match=rf"{path}:2: missing or non-text field 'rejected'"):
         check_preference_rows(loaded, DataConfig(), str(path))
+
+
+def test_trim_padding_by_hand():
+    from rlengine.data import trim_padding
+
+    # prompts [5, 6] and [7]; responses [8] and [9, 10]: P = 2, R = 2 before padding to R = 4
+    t = pack_sequences([[5, 6], [7]], [[8], [9, 10]], None, pad_id=0)
+    t["responses"] = torch.cat([t["responses"], torch.zeros(2, 2, dtype=torch.long)], 1)  # as if a
+    t["response_mask"] = torch.cat([t["response_mask"], torch.zeros(2, 2)], 1)  # longer row sat elsewhere
+    for k in ("input_ids", "attention_mask", "position_ids"):
+        t[k] = torch.cat([t[k], torch.zeros(2, 2, dtype=t[k].dtype)], 1)
+    t["advantages"] = torch.tensor([[1.0, 0, 0, 0], [2.0, 2.0, 0, 0]])
+    got = trim_padding(t)
+    assert got["input_ids"].tolist() == [[5, 6, 8, 0], [0, 7, 9, 10]]
+    assert got["attention_mask"].tolist() == [[1, 1, 1, 0], [0, 1, 1, 1]]
+    assert got["position_ids"].tolist() == [[0, 1, 2, 2], [0, 0, 1, 2]]
+    assert got["responses"].tolist() == [[8, 0], [9, 10]]
+    assert got["advantages"].tolist() == [[1.0, 0.0], [2.0, 2.0]]
+    assert torch.equal(got["response_length"], t["response_length"])  # [B] passes through
+    # only the second row: its prompt needs one column, its response two
+    one = trim_padding({k: v[1:] for k, v in t.items()})
+    assert one["input_ids"].tolist() == [[7, 9, 10]] and one["responses"].tolist() == [[9, 10]]
+    # a lone short row keeps the last prompt column (its logits predict the first response token)
+    short = trim_padding({k: v[:1] for k, v in t.items()})
+    assert short["input_ids"].tolist() == [[5, 6, 8]] and short["response_mask"].tolist() == [[1.0]]
+
+
+def test_length_bucketed_micro_batches_give_the_same_log_probs():
+    """Sorted, trimmed micro-batches score every response token exactly as the padded batch does."""
+    from rlengine import tiny
+    from rlengine.modeling import load_causal_lm, response_logprobs
+    from rlengine.protocol import Batch
+    from rlengine.workers.trainer import length_bucketed
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 200, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(12)]
+    responses = [torch.randint(3, 200, (int(torch.randint(1, 15, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(12)]
+    t = pack_sequences(prompts, responses, None, pad_id=0)
+    t["row"] = torch.arange(12)
+    batch = Batch(tensors=t)
+    model = load_causal_lm(str(tiny.build_base()), "float32", "sdpa")
+    with torch.no_grad():
+        full_BR = response_logprobs(model, batch)
+        micros = length_bucketed(batch, 4)
+        assert [len(m) for m in micros] == [4, 4, 4]
+        lengths = [m["attention_mask"].sum(-1) for m in micros]
+        assert all(a.max() <= b.min() for a, b in zip(lengths, lengths[1:]))  # sorted by length
+        assert micros[0]["input_ids"].shape[1] < t["input_ids"].shape[1]  # the short ones were cut
+        for m in micros:
+            part_BR = response_logprobs(model, m)
+            R = part_BR.shape[1]
+            mask = m["response_mask"].bool()
+            assert torch.allclose(part_BR[mask], full_BR[m["row"]][:, :R][mask], atol=1e-5)
+            assert t["response_mask"][m["row"]][:, R:].sum() == 0  # nothing cut that was a token

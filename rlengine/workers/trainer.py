@@ -17,6 +17,7 @@ from rlengine import faults
 from rlengine.checkpoint import capture_rng, restore_rng
 from rlengine.algos import losses as L
 from rlengine.config import Plan, RootConfig
+from rlengine.data import trim_padding
 from rlengine.modeling import DTYPES, load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
 from rlengine.weight_sync import BUCKET_BYTES, SharedWeights, bucketize, checksum
@@ -58,6 +59,16 @@ def _lr_lambda(cfg: RootConfig):
         return 1.0
 
     return f
+
+
+def length_bucketed(mb: Batch, size: int) -> list[Batch]:
+    """The minibatch's rows sorted by length, in micro-batches of `size`, each cut to its own
+    longest row: short responses stop paying for the long ones' padding.  The number of
+    micro-batches (DeepSpeed's accumulation boundary) and the global loss normaliser are unchanged,
+    so the update is the same sum of per-token terms."""
+    order = torch.argsort(mb["attention_mask"].sum(-1), stable=True)
+    return [Batch(tensors=trim_padding(c.tensors), meta=c.meta, info=c.info)
+            for c in mb.index(order).chunk_by_size(size)]
 
 
 class TrainerWorker:
@@ -158,7 +169,7 @@ class TrainerWorker:
             for mb in batch.index(perm).split(a.minibatches):
                 norm = self._normaliser(mb)
                 micro_metrics = [self._micro_step(m.to(self.device), norm, drift)
-                                 for m in mb.chunk_by_size(self.plan.micro_batch_size)]
+                                 for m in length_bucketed(mb, self.plan.micro_batch_size)]
                 self.optimizer_steps += 1
                 step = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
                 for k in ("actor/pg_loss", "actor/kl_loss"):  # additive over micro-batches and ranks
