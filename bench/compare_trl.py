@@ -221,6 +221,7 @@ def main() -> int:
     for size in filter(None, args.sizes.split(",")):
         model = build(size)
         entry = raw["sizes"][size] = {**raw["sizes"].get(size, {}), "params": n_params(model)}
+        entry["matmul_gflops"] = raw["matmul_gflops_2threads"]  # this size's MFU is over its own run's peak
         entry.setdefault("runs", {})
         entry.setdefault("vllm", {})
         entry["parity"] = run_parity(model, work / f"parity_{size}.json", mixed=False)
