@@ -115,9 +115,8 @@ class SharedWeights:
     def __init__(self, layout: list[tuple[str, tuple, torch.dtype]], root: str = "/dev/shm"):
         self.layout, offset = [], 0
         for name, shape, dtype in layout:
-            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
             self.layout.append((name, offset, tuple(shape), dtype))
-            offset += -(-nbytes // 64) * 64  # 64-byte aligned views
+            offset += -(-_nbytes(shape, dtype) // 64) * 64  # 64-byte aligned views
         self.nbytes = max(offset, 1)
         path = os.path.join(root, f"rlengine-weights-{os.getpid()}-{id(self)}")
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -128,9 +127,7 @@ class SharedWeights:
         except BaseException:
             os.close(self.fd)
             raise
-        flat = torch.frombuffer(self._mm, dtype=torch.uint8)
-        self.views = {name: flat[o:o + torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()]
-                      .view(dt).view(shape) for name, o, shape, dt in self.layout}
+        self.views = dict(_views(torch.frombuffer(self._mm, dtype=torch.uint8), self.layout))
 
     def handle(self) -> dict:
         return {"path": f"/proc/{os.getpid()}/fd/{self.fd}", "boot_id": boot_id(), "nbytes": self.nbytes,
@@ -147,13 +144,17 @@ def open_shared(handle: dict) -> list[tuple[str, torch.Tensor]] | None:
             mm = mmap.mmap(f.fileno(), handle["nbytes"], access=mmap.ACCESS_COPY)
     except OSError:
         return None
-    flat = torch.frombuffer(mm, dtype=torch.uint8)
-    out = []
-    for name, o, shape, dt in handle["layout"]:
-        dtype = getattr(torch, dt)
-        n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-        out.append((name, flat[o:o + n].view(dtype).view(shape)))
-    return out
+    layout = [(name, o, shape, getattr(torch, dt)) for name, o, shape, dt in handle["layout"]]
+    return _views(torch.frombuffer(mm, dtype=torch.uint8), layout)
+
+
+def _nbytes(shape, dtype: torch.dtype) -> int:
+    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def _views(flat: torch.Tensor, layout) -> list[tuple[str, torch.Tensor]]:
+    """Typed, shaped views of a flat byte buffer: layout rows are (name, offset, shape, dtype)."""
+    return [(name, flat[o:o + _nbytes(shape, dt)].view(dt).view(shape)) for name, o, shape, dt in layout]
 
 
 def boot_id() -> str:

@@ -105,6 +105,8 @@ class TrainerWorker:
             self.engine.compile(compile_kwargs={"dynamic": None})
         self.device = self.engine.device
         self.optimizer_steps = 0
+        self._shared: SharedWeights | None = None  # rank 0's weight-sync file, made on first use
+        self._shared_failed = False
 
     def _load_model(self, path: str):
         """Subclasses (critic, reward-model training) load a different head on the same backbone."""
@@ -269,13 +271,13 @@ class TrainerWorker:
         return buckets if self.rank == 0 else None
 
     def _shared_store(self, layout: list) -> SharedWeights | None:
-        if getattr(self, "_shared", None) is None and not getattr(self, "_shared_failed", False):
+        if self._shared is None and not self._shared_failed:
             try:
                 self._shared = SharedWeights(layout)
             except OSError as e:
                 self._shared_failed = True
                 log.warning("weight sync through /dev/shm unavailable (%s): sending Ray objects instead", e)
-        return getattr(self, "_shared", None)
+        return self._shared
 
     @torch.no_grad()
     def gathered_checksums(self) -> dict:
