@@ -66,14 +66,18 @@ def main() -> int:
         use_vllm=args.use_vllm, vllm_mode="colocate", log_completions=False, disable_tqdm=True,
     )
     times: list[float] = []
+    gen_times: list[float] = []  # per optimizer step: generation + scoring (+ TRL's bookkeeping)
     history: list[dict] = []
+    gen_acc = [0.0]
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
+            gen_acc[0] = 0.0
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
+            gen_times.append(gen_acc[0])
 
         def on_log(self, a, state, control, logs=None, **k):
             if logs:
@@ -85,8 +89,19 @@ def main() -> int:
     trainer = GRPOTrainer(model=model, reward_funcs=_reward, args=cfg, train_dataset=ds, processing_class=tok,
                           callbacks=[Timer()])
     setup_s = time.perf_counter() - t0
+    generate = trainer._generate_and_score_completions
+
+    def timed_generate(*a, **k):
+        t = time.perf_counter()
+        try:
+            return generate(*a, **k)
+        finally:
+            gen_acc[0] += time.perf_counter() - t
+
+    trainer._generate_and_score_completions = timed_generate
     trainer.train()
-    Path(args.out).write_text(json.dumps({"engine": "trl", "step_times_s": times, "setup_s": setup_s,
+    Path(args.out).write_text(json.dumps({"engine": "trl", "step_times_s": times, "generate_s": gen_times,
+                                         "setup_s": setup_s,
                                          "logs": history, "samples_per_step": n}))
     return 0
 

@@ -2,8 +2,10 @@
 
     python bench/vllm_standalone.py --model DIR --prompts FILE --out OUT.json [--bind 0-1] [--tokens 128]
 
-`--bind` sets VLLM_CPU_OMP_THREADS_BIND (default: vLLM's own choice, which on this 2-core machine
-binds one core); one warm-up generate, then the median of `--repeats` timed ones.
+`--bind` sets VLLM_CPU_OMP_THREADS_BIND (default: vLLM's own choice).  Output settings match the
+rollout role's (token ids and the sampled token's log-prob, no detokenisation), so the ratio
+compares engines doing the same work.  One warm-up generate, then the median of `--repeats` timed
+ones.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def main() -> int:
 
     def run(seed0: int) -> tuple[float, int]:
         params = [SamplingParams(n=args.group_size, max_tokens=args.tokens, seed=seed0 + i, logprobs=0,
-                                 temperature=1.0, top_p=1.0, top_k=-1, ignore_eos=True) for i in range(len(reqs))]
+                                 temperature=1.0, top_p=1.0, top_k=-1, ignore_eos=True,
+                                 detokenize=False, flat_logprobs=True) for i in range(len(reqs))]
         t0 = time.perf_counter()
         outs = llm.generate(reqs, params, use_tqdm=False)
         return time.perf_counter() - t0, sum(len(c.token_ids) for o in outs for c in o.outputs)
