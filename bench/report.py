@@ -41,6 +41,9 @@ def analyse(raw: dict) -> dict:
             ratios = [_med(a["step_times_s"]) / _med(b["step_times_s"]) for a, b in zip(ours, trl)]
             s["ratio_vs_trl"][key] = _med(ratios)
             s["ratio_range"][key] = [min(ratios), max(ratios)]
+            trl_gen = _med([x for r in trl for x in r.get("generate_s", [])])
+            s.setdefault("trl_phases_s", {})[key] = (
+                {"generate": trl_gen, "train": s["step_time_s"][key]["trl"] - trl_gen} if trl_gen == trl_gen else None)
             phases = {p: _med([x for r in ours for x in r["phases"][p]]) for p in ours[0]["phases"]}
             step = s["step_time_s"][key]["rlengine"]
             phases["remainder"] = step - sum(phases.values())
@@ -132,6 +135,17 @@ def markdown(summary: dict, raw: dict) -> str:
                                                              ("rollout", "reward", "ref", "old_logp", "adv", "update",
                                                               "sync", "remainder"))
                          + f" | {100 * o['remainder']:.1f} / {100 * o['remainder_plus_sync']:.1f} |")
+    trl_rows = [(size, key, ph) for size, s in summary["sizes"].items()
+                for key, ph in s.get("trl_phases_s", {}).items() if ph]
+    if trl_rows:
+        lines += ["", "TRL's step, for comparison (median seconds): generation and scoring "
+                  "(`_generate_and_score_completions`, HF `generate`), and the rest (forward, backward, optimizer).", "",
+                  "| model | work | TRL generate + score | TRL train | rlengine rollout + reward | rlengine update + sync |",
+                  "|---|---|---|---|---|---|"]
+        for size, key, ph in trl_rows:
+            o = summary["sizes"][size]["phases_s"][key]
+            lines.append(f"| {size} | {key} | {ph['generate']:.2f} | {ph['train']:.2f} | "
+                         f"{o['rollout'] + o['reward']:.2f} | {o['update'] + o['sync']:.2f} |")
     lines += ["", "Start-up, not in the step times: rlengine Ray + actors up "
               + ", ".join(f"{k}: {s['startup_s']['rlengine_roles_up']:.1f} s" for k, s in summary["sizes"].items())
               + "; TRL model + trainer construction "

@@ -13,8 +13,8 @@ def _raw():
              "trained_tokens": [3000.0, 3000.0], "sync_bytes": 4e8, "roles_up_s": 12.0},
             {"step_times_s": [8.0, 8.0], "phases": phases, "response_tokens": [1000.0, 1000.0],
              "trained_tokens": [3000.0, 3000.0], "sync_bytes": 4e8, "roles_up_s": 14.0}]
-    trl = [{"step_times_s": [10.0, 10.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0},
-           {"step_times_s": [16.0, 16.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0}]
+    trl = [{"step_times_s": [10.0, 10.0], "generate_s": [3.0, 3.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0},
+           {"step_times_s": [16.0, 16.0], "generate_s": [5.0, 5.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0}]
     return {"date": "2026-11-23", "machine": {"cpu": "x", "cores": 2, "memory_gib": 24, "torch": "t"},
             "matmul_gflops_2threads": 100.0,
             "args": {"prompts": 16, "group_size": 8, "micro_batch": 32, "pairs": 2, "warmup": 1, "steps": 2,
@@ -36,6 +36,7 @@ def test_ratios_phases_and_efficiencies_by_hand():
     assert s["mfu"]["128"]["rollout"] == pytest.approx(2 * 1e8 * 1000 / 2.0 / 100e9)
     assert s["sync_vs_memcpy"] == pytest.approx(4e8 / 0.4 / 1e9 / 10.0)
     assert s["startup_s"]["rlengine_roles_up"] == 13.0
+    assert s["trl_phases_s"]["128"] == {"generate": 4.0, "train": 13.0 - 4.0}
 
 
 def test_report_files_are_written(tmp_path):
@@ -44,4 +45,5 @@ def test_report_files_are_written(tmp_path):
     assert summary["sizes"]["100m"]["ratio_vs_trl"]["128"] == pytest.approx(0.65)
     md = (tmp_path / "REPORT.md").read_text()
     assert "| 100m | 100.0M | 128 tok | 8.00" in md and "**0.65**" in md
+    assert "| 100m | 128 | 4.00 | 9.00 | 2.10 | 5.40 |" in md  # TRL generate, train; ours rollout+reward, update+sync
     assert (tmp_path / "step_time.png").stat().st_size > 1000
