@@ -78,7 +78,7 @@ class RolloutWorker:
         r = self.cfg.rollout
         # Token ids and the sampled token's log-prob are all a rollout needs: vLLM's per-step
         # incremental detokenisation and per-token Logprob dicts cost ~8% of CPU decode at 30M
-        # (bench/vllm_standalone.py --lean); the text comes from one batch_decode afterwards.
+        # (standalone vLLM, 32 tokens: 1,945 -> 2,100 tok/s); the text comes from one batch_decode.
         return SamplingParams(
             n=n, max_tokens=max_new_tokens or r.max_new_tokens, seed=seed, logprobs=0,
             temperature=0.0 if greedy else r.temperature, top_p=1.0 if greedy else r.top_p,
