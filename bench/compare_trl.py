@@ -148,7 +148,8 @@ def run_trl(model: Path, prompts: Path, a, tokens: int, natural: bool, out: Path
     r = json.loads(out.read_text())
     logs = [entry for entry in r["logs"] if "completions/mean_length" in entry][warm:]
     return {"engine": "trl", "step_times_s": r["step_times_s"][warm:], "generate_s": r.get("generate_s", [])[warm:],
-            "setup_s": r["setup_s"], "wall_s": wall, "response_tokens": [entry["completions/mean_length"] * a.prompts * a.group_size for entry in logs]}
+            "setup_s": r["setup_s"], "wall_s": wall,
+            "response_tokens": [entry["completions/mean_length"] * a.prompts * a.group_size for entry in logs]}
 
 
 def run_vllm(model: Path, prompts: Path, a, tokens: int, bind: str | None, out: Path) -> dict:
