@@ -12,7 +12,7 @@ import torch
 from rlengine.algos.advantages import broadcast_to_tokens, gae, get_advantage, whiten
 from rlengine.algos.losses import AdaptiveKLController, FixedKLController, kl_penalty
 from rlengine.config import Plan, RootConfig
-from rlengine.data import PromptEncoder, PromptLoader, pair_batch, sft_batch
+from rlengine.data import PromptEncoder, PromptLoader, pair_batch, prompt_seed, sft_batch
 from rlengine.protocol import Batch
 from rlengine.rewards import RewardManager
 from rlengine.weight_sync import WeightSyncError, compare
@@ -187,8 +187,8 @@ class Controller:
         prompts = self.encoder.to_batch(rows)
         # One sampling seed per prompt, fixed by (seed, step, index): same data, same samples,
         # however the prompts are split over rollout workers.
-        base = (self.cfg.seed * 1_000_003 + step * 7919) % (2**31)
-        return prompts.update(sample_seed=[base + i for i in range(len(rows))]).with_info(step=step)
+        return prompts.update(sample_seed=[prompt_seed(self.cfg.seed, step, i) for i in range(len(rows))]
+                              ).with_info(step=step)
 
     def _advantages(self, batch: Batch) -> Batch:
         a, mask_BR = self.cfg.algorithm, batch["response_mask"]

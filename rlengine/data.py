@@ -5,6 +5,7 @@ with the row to the reward functions as `**extra`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -129,6 +130,15 @@ class PromptLoader:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = state["epoch"], state["pos"]
         self._order = self._make_order()
+
+
+def prompt_seed(seed: int, step: int, index: int) -> int:
+    """The sampling seed of prompt `index` at `step`: a hash, not `base + index`, because vLLM seeds
+    sample j of a request with seed s as s + j, so consecutive per-prompt seeds would give prompt
+    i+1's samples the random streams of prompt i's samples shifted by one (correlated exploration
+    across the whole batch)."""
+    digest = hashlib.blake2b(f"{seed}:{step}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**31 - 2**16)  # room for + j below 2**31
 
 
 def pack_sequences(prompts: list[list[int]], responses: list[list[int]], logps: list[list[float]] | None,

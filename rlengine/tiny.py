@@ -17,7 +17,7 @@ import os
 import random
 from pathlib import Path
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 SCHEME = "tiny:"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (

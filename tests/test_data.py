@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlengine.data import (DataError, PromptEncoder, PromptLoader, check_rows, load_rows,
-                           pack_sequences, sft_batch)
+                           pack_sequences, prompt_seed, sft_batch)
 
 
 # ---------------------------------------------------------------- load_rows / check_rows
@@ -302,3 +302,13 @@ def test_length_bucketed_micro_batches_give_the_same_log_probs():
             mask = m["response_mask"].bool()
             assert torch.allclose(part_BR[mask], full_BR[m["row"]][:, :R][mask], atol=1e-5)
             assert t["response_mask"][m["row"]][:, R:].sum() == 0  # nothing cut that was a token
+
+
+def test_prompt_seeds_leave_room_for_vllm_child_seeds():
+    # vLLM seeds sample j of a request seeded s with s + j: no two (prompt, sample) pairs of a step,
+    # nor of neighbouring steps, may share a random stream (base + i seeds shared all but one).
+    n = 16
+    streams = [prompt_seed(1, step, i) + j for step in range(3) for i in range(256) for j in range(n)]
+    assert len(set(streams)) == len(streams)
+    assert all(0 <= s < 2**31 for s in streams)
+    assert prompt_seed(1, 5, 3) == prompt_seed(1, 5, 3) != prompt_seed(2, 5, 3)

@@ -12,7 +12,7 @@ import torch
 
 from rlengine import faults
 from rlengine.config import RootConfig
-from rlengine.data import pack_sequences
+from rlengine.data import pack_sequences, prompt_seed
 from rlengine.modeling import set_threads
 from rlengine.protocol import Batch
 from rlengine.weight_sync import checksum, compare_engine, open_shared
@@ -89,13 +89,13 @@ class RolloutWorker:
                  max_new_tokens: int | None = None) -> Batch:
         """Sample n responses per prompt. Rows come out prompt-major: row i*n+j is sample j of prompt i.
 
-        Each prompt carries its own sampling seed (meta `sample_seed`, else seed + i), so results
-        do not depend on how the prompts are split across rollout workers.
+        Each prompt carries its own sampling seed (meta `sample_seed`, else `data.prompt_seed` of
+        seed and i), so results do not depend on how the prompts are split across rollout workers.
         """
         faults.maybe_kill("rollout", prompts.info.get("step"), self.rank)
         ids = prompts["prompt_ids_list"]
         reqs = [{"prompt_token_ids": list(p)} for p in ids]
-        seeds = prompts["sample_seed"] if "sample_seed" in prompts else [seed + i for i in range(len(ids))]
+        seeds = prompts["sample_seed"] if "sample_seed" in prompts else [prompt_seed(seed, -1, i) for i in range(len(ids))]
         params = [self._params(n, None if greedy else int(s), greedy, max_new_tokens) for s in seeds]
         t0 = time.perf_counter()
         outs = self.llm.generate(reqs, params, use_tqdm=False)
