@@ -132,7 +132,7 @@ def test_config_is_frozen():
         cfg.algorithm = None
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.samples_per_step = 1
-    assert cfg.trainer.lr == 2.0e-4 and cfg.seed == 1
+    assert cfg.trainer.lr == 3.0e-4 and cfg.seed == 1
 
 
 # ---------------------------------------------------------------- bad keys and types
@@ -253,7 +253,7 @@ def test_bad_key_in_recipe_file_reports_file_line(tmp_path, monkeypatch):
 
 
 def test_bad_type_in_recipe_file_reports_file_line(tmp_path, monkeypatch):
-    f = _broken_recipes(tmp_path, monkeypatch, "  lr: 2.0e-4", "  lr: abc")
+    f = _broken_recipes(tmp_path, monkeypatch, "  lr: 3.0e-4", "  lr: abc")
     e = _err("grpo_tiny", [])
     assert e.key == "trainer.lr"
     assert e.where == f"{f.resolve()}:{_line_of(f, '  lr: abc')}"
