@@ -150,7 +150,7 @@ def save(cfg: RootConfig, plan: Plan, ctl, roles, run_dir: Path, step: int, tok_
         shutil.copyfile(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
     state = {"step": step, "tag": tag, "recipe": cfg.recipe, "model": cfg.model.path, "seed": cfg.seed,
              "shape": shape(cfg, plan), "controller": ctl.state_dict(), "summary": summary,
-             # vLLM samples with per-prompt seeds (seed * 1000003 + step * 7919) % 2**31 + index:
+             # vLLM samples with per-prompt seeds data.prompt_seed(seed, step, index):
              # the seed and the step counter restore the sampling stream.
              "sampling": {"seed": cfg.seed, "next_step": step + 1},
              "time": time.time(), "config": to_dict(cfg)}
