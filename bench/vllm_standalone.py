@@ -2,7 +2,8 @@
 
     python bench/vllm_standalone.py --model DIR --prompts FILE --out OUT.json [--bind 0-1] [--tokens 128]
 
-`--bind` sets VLLM_CPU_OMP_THREADS_BIND (default: vLLM's own choice).  Output settings match the
+`--bind` sets VLLM_CPU_OMP_THREADS_BIND (default: vLLM's own choice).  `--gemm torch` switches off
+the CPU build's oneDNN linear path (plain `F.linear` on unpacked weights; see bench/sync_bound.py).  Output settings match the
 rollout role's (token ids and the sampled token's log-prob, no detokenisation), so the ratio
 compares engines doing the same work.  One warm-up generate, then the median of `--repeats` timed
 ones.
@@ -31,6 +32,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compiled", action="store_true", help="enforce_eager=False, as rollout.enforce_eager=false")
+    ap.add_argument("--gemm", choices=("onednn", "torch"), default="onednn")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -40,6 +42,11 @@ def main() -> int:
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
+
+    if args.gemm == "torch":
+        import vllm._custom_ops as ops
+
+        ops._supports_onednn = False
 
     tok = AutoTokenizer.from_pretrained(args.model)
     rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines()[: args.n]]
@@ -58,7 +65,7 @@ def main() -> int:
     run(0)
     timed = [run(1000 * (i + 1)) for i in range(args.repeats)]
     tps = [n / s for s, n in timed]
-    out = {"bind": args.bind or "default", "tokens_per_s": statistics.median(tps), "all_tokens_per_s": tps,
+    out = {"bind": args.bind or "default", "gemm": args.gemm, "tokens_per_s": statistics.median(tps), "all_tokens_per_s": tps,
            "tokens": timed[0][1]}
     Path(args.out).write_text(json.dumps(out))
     print(json.dumps(out))

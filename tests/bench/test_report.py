@@ -47,3 +47,28 @@ def test_report_files_are_written(tmp_path):
     assert "| 100m | 100.0M | 128 tok | 8.00" in md and "**0.65**" in md
     assert "| 100m | 128 | 4.00 | 9.00 | 2.10 | 5.40 |" in md  # TRL generate, train; ours rollout+reward, update+sync
     assert (tmp_path / "step_time.png").stat().st_size > 1000
+
+
+def _bound():
+    def side(reload_s, tps, **extra):
+        return {"memcpy_gbps": 10.0, "reload_s": reload_s, "reload_vs_memcpy": 4e8 / reload_s / 1e9 / 10.0,
+                "rollout_tokens": 4096, "rollout_tokens_per_s": tps, **extra}
+    return {"tokens": 32, "sizes": {"100m": {"onednn": side(0.2, 1024.0),
+                                             "torch": side(0.05, 512.0)}}}
+
+
+def test_sync_bound_prices_the_repack(tmp_path):
+    (tmp_path / "sync_bound.json").write_text(json.dumps(_bound()))
+    summary = write_report(_raw(), tmp_path)
+    b = summary["sync_bound"]["sizes"]["100m"]
+    assert b["reload_vs_memcpy"] == pytest.approx(0.2) and b["reload_vs_memcpy_no_repack"] == pytest.approx(0.8)
+    assert (b["rollout_s"], b["rollout_s_no_repack"]) == (4.0, 8.0)  # 4096 tokens at 1024 and 512 tok/s
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "| 100m | 10.00 | 0.200 | 4.00 | 8.00 | 0.800 |" in md
+    assert "+4.00 s a step, against 0.15 s saved in the sync" in md
+    assert "weight sync vs in-process copy (100m; vLLM's reload_weights alone: 0.20×)" in md
+
+
+def test_report_without_sync_bound_has_no_bound_section(tmp_path):
+    write_report(_raw(), tmp_path)
+    assert "bench/sync_bound.py" not in (tmp_path / "REPORT.md").read_text()
