@@ -1,6 +1,7 @@
 """WorkerGroup: N Ray actors of one role; splits a Batch by rank and gathers the results."""
 from __future__ import annotations
 
+import random
 import socket
 import time
 from typing import Any, Callable
@@ -12,9 +13,28 @@ from rlengine.protocol import Batch
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for the trainers' rendezvous, drawn below the kernel's ephemeral range: a port
+    from that range (what binding port 0 returns) can be handed to one of Ray's outgoing
+    connections between this check and the trainer's listen (seen: EADDRINUSE in init_distributed)."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, low - 1) if low > 20001 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free port for the trainers' rendezvous below the ephemeral range")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 @ray.remote

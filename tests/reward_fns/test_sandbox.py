@@ -490,7 +490,9 @@ def test_read_only_root_without_mount_setattr():
             "open('/tmp/inside', 'w').write('ok')\nprint(open('/tmp/inside').read())")
     r = run(code, limits=LIM, _disable=("mount_setattr",))
     assert "per-mount remount" in r.isolation["fs"]
-    assert r.stdout.split() == ["30", "30", "30", "ok"]  # EROFS everywhere but the scratch tmpfs
+    # EROFS everywhere but the scratch tmpfs; a checkout under /tmp is hidden by that tmpfs (ENOENT)
+    in_tmp = str(REPO.resolve()).startswith("/tmp/")
+    assert r.stdout.split() == ["30", "30", "2" if in_tmp else "30", "ok"]
 
 
 @needs_root
