@@ -9,6 +9,10 @@ the loaded weights, no repack):
 
   reload   `reload_weights` exactly as the rollout role calls it, against a plain in-process
            copy of the model's bytes in the same process;
+  repack   (oneDNN only) vLLM's repack call alone, `create_onednn_mm(weight.t(), 32)` on every
+           linear weight, with the engine's own thread setting: a sync that hands vLLM new
+           weights cannot take less time, so the model's bytes over it, against the copy, bound
+           `sync_vs_memcpy` from above whatever the engine does around it;
   rollout  standalone vLLM tokens/s, compiled, the benchmark's prompts and sampling.
 
 Writes sync_bound.json in --results; bench/report.py adds it to REPORT.md.
@@ -36,6 +40,7 @@ def child(size: str, gemm: str, repeats: int, out: Path) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from safetensors.torch import load_file
+    import torch
     from vllm import LLM
 
     use_gemm(gemm)
@@ -53,9 +58,28 @@ def child(size: str, gemm: str, repeats: int, out: Path) -> None:
         llm.collective_rpc(_load_weights, args=(named,))
         reload.append(time.perf_counter() - t0)
     reload_s = statistics.median(reload)
-    res = {"size": size, "gemm": gemm, "bytes": nbytes, "memcpy_gbps": copy,
+    res = {"size": size, "gemm": gemm, "bytes": nbytes, "memcpy_gbps": copy, "threads": torch.get_num_threads(),
            "reload_s": reload_s, "reload_vs_memcpy": nbytes / reload_s / 1e9 / copy}
+    if gemm == "onednn":
+        res["repack_s"] = repack_s(named, repeats)
+        res["repack_bound_vs_memcpy"] = nbytes / res["repack_s"] / 1e9 / copy
     out.write_text(json.dumps(res))
+
+
+def repack_s(named: list, repeats: int) -> float:
+    """Median time of vLLM-CPU's oneDNN repack of every linear weight (not the embedding), the
+    call its `dispatch_cpu_unquantized_gemm` makes (the first round is a warm-up)."""
+    import vllm._custom_ops as ops
+
+    linear = [t for n, t in named if t.dim() == 2 and "embed_tokens" not in n]
+    times, handles = [], []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        new = [ops.create_onednn_mm(w.t(), 32) for w in linear]
+        times.append(time.perf_counter() - t0)
+        handles = new  # the previous round's are freed outside the timed part
+    del handles, new
+    return statistics.median(times[1:])
 
 
 def _run(cmd: list[str]) -> None:

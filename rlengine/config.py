@@ -159,7 +159,8 @@ class TrainerConfig(_Frozen):
     cpu_threads: int = 2
     # torch.compile the model's forward (inductor; on CPU it needs a C++ compiler).  Fuses the
     # norm/rotary/activation kernels: ~10% off a CPU update at 30M parameters (bench/).  The first
-    # step pays the compile (~15-60 s) and new sequence lengths compile dynamic-shape graphs once.
+    # step pays the compile (~15-60 s).  Natural-length work compiles dynamic-shape graphs on its
+    # first step: two on CPU (inductor splits at micro-batch rows x width > 4096), none after.
     compile: bool = False
 
 

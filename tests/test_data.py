@@ -296,6 +296,8 @@ def test_length_bucketed_micro_batches_give_the_same_log_probs():
         lengths = [m["attention_mask"].sum(-1) for m in micros]
         assert all(a.max() <= b.min() for a, b in zip(lengths, lengths[1:]))  # sorted by length
         assert micros[0]["input_ids"].shape[1] < t["input_ids"].shape[1]  # the short ones were cut
+        # no stride or storage-offset guard for a compiled trainer to fail on
+        assert all(v.is_contiguous() and v.storage_offset() == 0 for m in micros for v in m.tensors.values())
         for m in micros:
             part_BR = response_logprobs(model, m)
             R = part_BR.shape[1]

@@ -49,11 +49,12 @@ def test_report_files_are_written(tmp_path):
     assert (tmp_path / "step_time.png").stat().st_size > 1000
 
 
-def _bound():
+def _bound(repack_s=None):
     def side(reload_s, tps, **extra):
         return {"memcpy_gbps": 10.0, "reload_s": reload_s, "reload_vs_memcpy": 4e8 / reload_s / 1e9 / 10.0,
                 "rollout_tokens": 4096, "rollout_tokens_per_s": tps, **extra}
-    return {"tokens": 32, "sizes": {"100m": {"onednn": side(0.2, 1024.0),
+    repack = {} if repack_s is None else {"repack_s": repack_s, "repack_bound_vs_memcpy": 4e8 / repack_s / 1e9 / 10.0}
+    return {"tokens": 32, "sizes": {"100m": {"onednn": side(0.2, 1024.0, **repack),
                                              "torch": side(0.05, 512.0)}}}
 
 
@@ -64,9 +65,21 @@ def test_sync_bound_prices_the_repack(tmp_path):
     assert b["reload_vs_memcpy"] == pytest.approx(0.2) and b["reload_vs_memcpy_no_repack"] == pytest.approx(0.8)
     assert (b["rollout_s"], b["rollout_s_no_repack"]) == (4.0, 8.0)  # 4096 tokens at 1024 and 512 tok/s
     md = (tmp_path / "REPORT.md").read_text()
-    assert "| 100m | 10.00 | 0.200 | 4.00 | 8.00 | 0.800 |" in md
+    assert "| 100m | 10.00 | 0.200 | – | 4.00 | 8.00 | 0.800 |" in md  # a sync_bound.json without the repack
     assert "+4.00 s a step, against 0.15 s saved in the sync" in md
     assert "weight sync vs in-process copy (100m; vLLM's reload_weights alone: 0.20×)" in md
+    assert "repack alone" not in md.split("## Targets")[1]
+
+
+def test_sync_bound_repack_alone_caps_the_sync(tmp_path):
+    # 4e8 bytes repacked in 0.16 s = 2.5 GB/s, against a 10 GB/s copy: no sync above 0.25x
+    (tmp_path / "sync_bound.json").write_text(json.dumps(_bound(repack_s=0.16)))
+    summary = write_report(_raw(), tmp_path)
+    assert summary["sync_bound"]["sizes"]["100m"]["repack_bound_vs_memcpy"] == pytest.approx(0.25)
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "| 100m | 10.00 | 0.200 | 0.250 | 4.00 | 8.00 | 0.800 |" in md
+    assert "takes 0.160 s at 100m" in md and "cannot exceed 0.25× of a copy" in md
+    assert "(100m; vLLM's reload_weights alone: 0.20×, its oneDNN repack alone: 0.25×)" in md
 
 
 def test_report_without_sync_bound_has_no_bound_section(tmp_path):
