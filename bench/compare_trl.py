@@ -222,7 +222,8 @@ def main() -> int:
     for size in filter(None, args.sizes.split(",")):
         model = build(size)
         entry = raw["sizes"][size] = {**raw["sizes"].get(size, {}), "params": n_params(model)}
-        entry["matmul_gflops"] = raw["matmul_gflops_2threads"]  # this size's MFU is over its own run's peak
+        if not args.natural_only or "matmul_gflops" not in entry:  # this size's MFU is over its own run's peak
+            entry["matmul_gflops"] = raw["matmul_gflops_2threads"]
         entry.setdefault("runs", {})
         entry.setdefault("vllm", {})
         entry["parity"] = run_parity(model, work / f"parity_{size}.json", mixed=False)
@@ -234,6 +235,9 @@ def main() -> int:
         for tokens, natural in configs:
             key = f"{tokens}{'_natural' if natural else ''}"
             runs = entry["runs"][key] = {"rlengine": [], "trl": []}
+            # what this work ran with, where a later --merge run redoes only some of a size's work
+            entry.setdefault("work_args", {})[key] = {"pairs": args.pairs, "steps": args.steps,
+                                                      "matmul_gflops": raw["matmul_gflops_2threads"]}
             for i in range(args.pairs):
                 order = ("rlengine", "trl") if i % 2 == 0 else ("trl", "rlengine")
                 for eng in order:

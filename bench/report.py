@@ -57,8 +57,9 @@ def analyse(raw: dict) -> dict:
             gen_tok = _med([t for r in ours for t in r["response_tokens"]])
             train_tok = _med([t for r in ours for t in r["trained_tokens"]])
             rollout_tps = gen_tok / phases["rollout"] if phases["rollout"] else float("nan")
-            s["mfu"][key] = {"train": 6 * n * train_tok / phases["update"] / peak if phases["update"] else None,
-                             "rollout": 2 * n * gen_tok / phases["rollout"] / peak if phases["rollout"] else None}
+            work_peak = e.get("work_args", {}).get(key, {}).get("matmul_gflops", peak / 1e9) * 1e9
+            s["mfu"][key] = {"train": 6 * n * train_tok / phases["update"] / work_peak if phases["update"] else None,
+                             "rollout": 2 * n * gen_tok / phases["rollout"] / work_peak if phases["rollout"] else None}
             if "natural" not in key:
                 tokens = key
                 v = e["vllm"].get(f"{tokens}_{bind}")
@@ -86,6 +87,15 @@ def _fmt(x, spec=".2f") -> str:
     return "–" if x is None or x != x else format(x, spec)
 
 
+def _rerun(entry: dict, size_args: dict) -> str:
+    """Work of a size that a later --merge run redid with other settings, e.g. " (128_natural: 2
+    pairs, 173.5 GFLOP/s peak)"."""
+    other = [f"{key}: {w['pairs']} pairs, {w['matmul_gflops']:.1f} GFLOP/s peak"
+             for key, w in entry.get("work_args", {}).items()
+             if w["pairs"] != size_args["pairs"] or abs(w["matmul_gflops"] - entry.get("matmul_gflops", 0)) > 0.05]
+    return f" ({'; '.join(other)})" if other else ""
+
+
 def markdown(summary: dict, raw: dict) -> str:
     a = raw["args"]
     m = summary["machine"]
@@ -98,13 +108,14 @@ def markdown(summary: dict, raw: dict) -> str:
              + " (each size's MFU is over its own run's peak).", "",
              f"Work per step, both engines: {a['prompts']} prompts × G={a['group_size']}, max new tokens as listed "
              f"(EOS suppressed unless 'natural'), KL 0, one update per batch, token-mean loss, micro-batch "
-             f"{a['micro_batch']}, fp32, 2 threads. {a['pairs']} A/B pairs per row (fresh processes, alternating "
+             f"{a['micro_batch']}, fp32, 2 threads. {'A/B pairs per row as listed per size below' if raw.get('args_by_size') else str(a['pairs']) + ' A/B pairs per row'} (fresh processes, alternating "
              f"A B B A), {a['warmup']} warm-up step(s) dropped (natural length: one more), {a['steps']} timed step(s) per run. rlengine rollout "
              f"binding: `rollout.cpu_bind={a.get('rollout_bind') or 'default'}`."
              + (f" rlengine config overrides: `{' '.join(a['rlengine_override'])}`." if a.get("rlengine_override") else ""),
              "",
              *(["Per size: " + "; ".join(f"{k}: {v['pairs']} pair(s), tokens {v['tokens']}"
                                           + (", natural" if k in (v.get('natural_sizes') or '').split(',') else "")
+                                          + _rerun(raw["sizes"].get(k, {}), v)
                                           for k, v in raw["args_by_size"].items()) + ".", ""]
                if raw.get("args_by_size") else []),
              "Reproduce: `.venv/bin/python bench/compare_trl.py"
@@ -264,9 +275,19 @@ def targets(summary: dict) -> list[str]:
         rows.append((f"weight sync vs in-process copy ({big[0]}{bound})", "≥ 0.5×", big[1]["sync_vs_memcpy"],
                      big[1]["sync_vs_memcpy"] >= 0.5))
     lines = ["## Targets", "", "| target | wanted | measured | met |", "|---|---|---|---|"]
-    lines += [f"| {name} | {want} | {_fmt(v, '.1%') if '%' in want else _fmt(v, '.2f') + '×'} | "
-              f"{'yes' if ok else '**no**'} |" for name, want, v, ok in rows]
+    lines += [f"| {name} | {want} | {_measured(v, want)} | {'yes' if ok else '**no**'} |" for name, want, v, ok in rows]
     return lines + [""]
+
+
+def _measured(v, want: str) -> str:
+    """The figure as the target states it; one more digit where two would round onto the target
+    (1.498 shown as "1.50×" next to "≥ 1.5×, no" reads as a contradiction)."""
+    if v is None or v != v:
+        return "–"
+    if "%" in want:
+        return format(v, ".1%")
+    threshold = float(want.split()[1].rstrip("×%"))
+    return format(v, ".3f" if round(v, 2) == threshold else ".2f") + "×"
 
 
 def plot(summary: dict, path: Path) -> None:

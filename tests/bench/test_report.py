@@ -85,3 +85,28 @@ def test_sync_bound_repack_alone_caps_the_sync(tmp_path):
 def test_report_without_sync_bound_has_no_bound_section(tmp_path):
     write_report(_raw(), tmp_path)
     assert "bench/sync_bound.py" not in (tmp_path / "REPORT.md").read_text()
+
+
+def test_measured_figure_never_rounds_onto_its_target():
+    from bench.report import _measured
+
+    assert _measured(1.4976, "≥ 1.5×") == "1.498×"  # "1.50×" beside "no" would contradict itself
+    assert _measured(1.5412, "≥ 1.5×") == "1.54×"
+    assert _measured(0.7967, "≤ 0.8×") == "0.797×"
+    assert _measured(0.005, "≤ 5%") == "0.5%"
+    assert _measured(None, "≥ 0.9×") == "–"
+
+
+def test_work_redone_by_a_merge_run_keeps_its_own_peak_and_pairs(tmp_path):
+    raw = _raw()
+    e = raw["sizes"]["100m"]
+    e["matmul_gflops"] = 100.0
+    e["runs"]["128_natural"] = e["runs"]["128"]
+    e["work_args"] = {"128_natural": {"pairs": 4, "steps": 2, "matmul_gflops": 200.0}}
+    raw["args_by_size"] = {"100m": {"pairs": 2, "tokens": "128", "natural_sizes": "100m"}}
+    s = analyse(raw)["sizes"]["100m"]
+    assert s["mfu"]["128"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 100e9)  # the size's own run
+    assert s["mfu"]["128_natural"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 200e9)  # the re-run's peak
+    write_report(raw, tmp_path)
+    assert ("Per size: 100m: 2 pair(s), tokens 128, natural (128_natural: 4 pairs, 200.0 GFLOP/s peak)."
+            in (tmp_path / "REPORT.md").read_text())
