@@ -10,7 +10,7 @@ import torch
 from rlengine.algos import losses as L
 from rlengine.modeling import DTYPES
 from rlengine.protocol import Batch
-from rlengine.workers.trainer import TrainerWorker, length_bucketed, mark_width_dynamic, varied_widths
+from rlengine.workers.trainer import TrainerWorker, length_bucketed
 
 
 def response_values(model, batch) -> torch.Tensor:
@@ -52,12 +52,7 @@ class CriticWorker(TrainerWorker):
             for mb in batch.index(perm).split(a.minibatches):
                 norm = self._normaliser(mb)
                 losses, clips = [], []
-                micros = length_bucketed(mb, self.plan.micro_batch_size)
-                dynamic = self.cfg.trainer.compile and varied_widths(micros)
-                for micro in micros:
-                    micro = micro.to(self.device)
-                    if dynamic:
-                        mark_width_dynamic(micro)
+                for micro in length_bucketed(mb, self.plan.micro_batch_size, self.device, self.cfg.trainer.compile):
                     v_BR = response_values(self.engine, micro)
                     loss, m = L.value_loss_clipped(v_BR, micro["values"], micro["returns"], micro["response_mask"],
                                                    clip_range=a.value_clip, agg_mode=a.loss_agg, normaliser=norm)

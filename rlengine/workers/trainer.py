@@ -61,33 +61,28 @@ def _lr_lambda(cfg: RootConfig):
     return f
 
 
-def length_bucketed(mb: Batch, size: int) -> list[Batch]:
-    """The minibatch's rows sorted by length, in micro-batches of `size`, each cut to its own
-    longest row: short responses stop paying for the long ones' padding.  The number of
+def length_bucketed(mb: Batch, size: int, device: torch.device | str = "cpu", compiled: bool = False) -> list[Batch]:
+    """The minibatch's rows sorted by length, in micro-batches of `size` on `device`, each cut to
+    its own longest row: short responses stop paying for the long ones' padding.  The number of
     micro-batches (DeepSpeed's accumulation boundary) and the global loss normaliser are unchanged,
     so the update is the same sum of per-token terms.
 
-    Each micro-batch's tensors are fresh contiguous copies: a compiled trainer guards on a view's
-    row stride (the full width) and on its storage offset (0 for the first chunk only), and each
-    guard that fails costs a recompile of the model's forward and backward."""
+    For a `compiled` model: each micro-batch's tensors are fresh contiguous copies (dynamo guards
+    on a view's row stride and on its storage offset, 0 for the first chunk only), and when the
+    widths differ they are marked dynamic from the first micro-batch on (left to itself dynamo
+    compiles the first width statically and recompiles on the second).  Each failed guard costs
+    a recompile of the model's forward and backward, ~1 min at 30M params on 2 cores.  Fixed-length
+    work (one width) keeps its static graph."""
     order = torch.argsort(mb["attention_mask"].sum(-1), stable=True)
-    return [Batch(tensors={k: v.clone(memory_format=torch.contiguous_format)
-                           for k, v in trim_padding(c.tensors).items()}, meta=c.meta, info=c.info)
-            for c in mb.index(order).chunk_by_size(size)]
-
-
-def varied_widths(micros: list[Batch]) -> bool:
-    return len({m["input_ids"].shape[1] for m in micros}) > 1
-
-
-def mark_width_dynamic(micro: Batch) -> None:
-    """Compile the model for any sequence width from this micro-batch on.  For a minibatch whose
-    length buckets differ in width: left to itself dynamo compiles the first width statically
-    and recompiles on the second, one compile (~1 min at 30M params on 2 cores) that buys
-    nothing.  Fixed-length work (one width) keeps its static graph."""
-    for k in ("input_ids", "attention_mask", "position_ids"):
-        if k in micro:
-            torch._dynamo.maybe_mark_dynamic(micro[k], 1)
+    micros = [Batch(tensors={k: v.to(device, memory_format=torch.contiguous_format, copy=True)
+                             for k, v in trim_padding(c.tensors).items()}, meta=c.meta, info=c.info)
+              for c in mb.index(order).chunk_by_size(size)]
+    if compiled and len({m["input_ids"].shape[1] for m in micros}) > 1:
+        for m in micros:
+            for k in ("input_ids", "attention_mask", "position_ids"):
+                if k in m:
+                    torch._dynamo.maybe_mark_dynamic(m[k], 1)
+    return micros
 
 
 class TrainerWorker:
@@ -189,9 +184,8 @@ class TrainerWorker:
             perm = torch.randperm(len(batch), generator=gen)
             for mb in batch.index(perm).split(a.minibatches):
                 norm = self._normaliser(mb)
-                micros = length_bucketed(mb, self.plan.micro_batch_size)
-                dynamic = self.cfg.trainer.compile and varied_widths(micros)
-                micro_metrics = [self._micro_step(m.to(self.device), norm, drift, dynamic) for m in micros]
+                micro_metrics = [self._micro_step(m, norm, drift) for m in
+                                 length_bucketed(mb, self.plan.micro_batch_size, self.device, self.cfg.trainer.compile)]
                 self.optimizer_steps += 1
                 step = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
                 for k in ("actor/pg_loss", "actor/kl_loss"):  # additive over micro-batches and ranks
@@ -205,10 +199,8 @@ class TrainerWorker:
             metrics["sync/logprob_drift"] = self._global_sum(drift[0]) / max(1.0, self._global_sum(drift[1]))
         return metrics
 
-    def _micro_step(self, micro: Batch, norm: float, drift: list[float], dynamic: bool = False) -> dict:
+    def _micro_step(self, micro: Batch, norm: float, drift: list[float]) -> dict:
         a = self.cfg.algorithm
-        if dynamic:
-            mark_width_dynamic(micro)
         mask_BR = micro["response_mask"]
         logp_BR, ent_BR = response_logprobs(self.engine, micro, self.cfg.rollout.temperature, with_entropy=True)
         adv_BR = micro["advantages"]  # [B, R], zero outside the response mask

@@ -3,18 +3,18 @@ import torch
 
 from rlengine.data import pack_sequences
 from rlengine.protocol import Batch
-from rlengine.workers.trainer import length_bucketed, mark_width_dynamic, varied_widths
+from rlengine.workers.trainer import length_bucketed
 
 
-def _micro_batches():
+def _micro_batches(compiled: bool):
     g = torch.Generator().manual_seed(0)
     # 12 rows, responses 1..12 tokens: three buckets of 4, each cut to its own width
     responses = [torch.randint(3, 50, (n,), generator=g).tolist() for n in range(1, 13)]
     t = pack_sequences([[5, 6, 7]] * 12, responses, None, pad_id=0)
-    return length_bucketed(Batch(tensors=t), 4)
+    return length_bucketed(Batch(tensors=t), 4, compiled=compiled)
 
 
-def _compiles(mark: bool) -> int:
+def _counted():
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
@@ -24,11 +24,14 @@ def _compiles(mark: bool) -> int:
     def score(input_ids, attention_mask, position_ids):
         return (input_ids * attention_mask + position_ids).sum(1)
 
-    micros = _micro_batches()
-    assert len({m["input_ids"].shape[1] for m in micros}) == 3 and varied_widths(micros)
+    return counter, score
+
+
+def _compiles(mark: bool) -> int:
+    counter, score = _counted()
+    micros = _micro_batches(compiled=mark)
+    assert len({m["input_ids"].shape[1] for m in micros}) == 3  # three different widths
     for m in micros:
-        if mark:
-            mark_width_dynamic(m)
         score(m["input_ids"], m["attention_mask"], m["position_ids"])
     return counter.frame_count
 
@@ -38,6 +41,13 @@ def test_marked_widths_compile_once():
     assert _compiles(mark=False) == 2  # dynamo's default: static first width, then a dynamic recompile
 
 
-def test_one_width_is_not_varied():
+def test_one_width_keeps_a_static_graph():
+    counter, score = _counted()
     t = pack_sequences([[5, 6]] * 8, [[7, 8, 9]] * 8, None, pad_id=0)  # fixed-length work
-    assert not varied_widths(length_bucketed(Batch(tensors=t), 4))
+    micros = length_bucketed(Batch(tensors=t), 4, compiled=True)
+    for m in micros:
+        score(m["input_ids"], m["attention_mask"], m["position_ids"])
+    assert counter.frame_count == 1
+    wider = torch.ones(4, 7, dtype=torch.long)
+    score(wider, wider, wider)
+    assert counter.frame_count == 2  # the one width was compiled statically, not marked dynamic
