@@ -44,7 +44,6 @@ def child(size: str, gemm: str, repeats: int, out: Path) -> None:
     from vllm import LLM
 
     use_gemm(gemm)
-    from rlengine.workers.rollout import _load_weights
 
     path = models.build(size)
     llm = LLM(model=str(path), dtype="float32", enforce_eager=True, max_model_len=256, seed=1)
@@ -64,6 +63,11 @@ def child(size: str, gemm: str, repeats: int, out: Path) -> None:
         res["repack_s"] = repack_s(named, repeats)
         res["repack_bound_vs_memcpy"] = nbytes / res["repack_s"] / 1e9 / copy
     out.write_text(json.dumps(res))
+
+
+def _load_weights(worker, named) -> None:
+    """vLLM's own reload, the call rlengine/weight_sync/receiver.py makes on every rank."""
+    worker.model_runner.reload_weights(weights_iterator=iter(named), is_checkpoint_format=True)
 
 
 def repack_s(named: list, repeats: int) -> float:

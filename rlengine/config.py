@@ -79,6 +79,9 @@ class DataConfig(_Frozen):
     test_path: str = "tiny:test"
     train_split: str = "train"
     test_split: str = "test"
+    # The dataset's configuration (subset) for hub names and local HF datasets with several, e.g.
+    # `main` for openai/gsm8k; null: the only one (or the default) there is.
+    config_name: Optional[str] = None
     prompt_key: str = "prompt"
     answer_key: str = "answer"
     prompts_per_step: int = 16
@@ -138,9 +141,13 @@ class RolloutConfig(_Frozen):
     cpu_bind: Optional[str] = None
     enforce_eager: bool = True
     max_logprob_drift: float = 0.05  # mean |vLLM logp - trainer logp| above this fails the step
-    # Weight sync to rollout workers on the trainer's host through one shared-memory file instead
-    # of the object store (3x faster at 30M parameters); workers on other hosts always get objects.
-    sync_shared_memory: bool = True
+    # How new weights reach the engines (rlengine/weight_sync): auto picks per engine, shared memory
+    # for one on trainer rank 0's node (3x the object store at 30M parameters), the process-group
+    # broadcast (gloo on CPU, NCCL on GPU) for the others; shm | object_store | broadcast | cuda_ipc
+    # (colocated GPUs) apply to every engine.
+    sync_method: str = "auto"
+    # A sync member that does not join, or a transfer that does not finish, fails within this.
+    sync_timeout_s: float = 300.0
 
 
 @dataclass
@@ -166,7 +173,12 @@ class TrainerConfig(_Frozen):
 
 @dataclass
 class ReferenceConfig(_Frozen):
-    num_workers: int = 1
+    num_workers: int = 1  # actors of the separate reference role
+    # separate: a role of its own (num_workers actors, each holding the whole frozen model, on
+    # resources.gpus_per_reference). trainer: a frozen copy inside every trainer rank, partitioned
+    # by the policy's ZeRO stage: no devices or actors of its own, at the cost of 1/world_size of
+    # the model's weights per trainer rank under ZeRO-3 (all of them at stages 0-2).
+    placement: str = "separate"  # separate | trainer
 
 
 @dataclass
@@ -245,7 +257,9 @@ class ResourcesConfig(_Frozen):
     gpus_per_rollout: float = 0.0
     gpus_per_reference: float = 0.0
     # Ray CPU units reserved per actor.  Fractions let the whole topology share a 2-core laptop:
-    # the phases of a step run one after another, so the actors do not compete for cores.
+    # the phases of a step run one after another, so the actors do not compete for cores, except
+    # PPO's policy and critic updates, which run at once: their cpu_threads should add up to the
+    # cores (recipes/ppo_tiny.yaml).
     cpus_per_actor: float = 0.25
     # Nodes each role spreads over (default 1: the role's actors are STRICT_PACKed on one node).
     role_nodes: Dict[str, int] = field(default_factory=dict)
@@ -305,7 +319,7 @@ class Plan:
     minibatch_size: int  # samples per optimizer step
     micro_batches_per_minibatch: int  # per rank (DeepSpeed gradient accumulation steps)
     micro_batch_size: int  # per rank
-    use_reference: bool
+    use_reference: bool  # reference log-probs are computed (KL in the loss or in the reward)
     use_critic: bool
     use_reward_model: bool
     advantage: Optional[str]
@@ -319,6 +333,9 @@ class Plan:
     # gather hooks then only cost time (~10% of a CPU update, bench/), so it runs stage 2, which
     # keeps the same sharded checkpoint format and optimizer.
     zero_stage: int = 3
+    # The reference log-probs come from the trainer ranks (reference.placement=trainer), not from
+    # a reference role; False whenever use_reference is.
+    reference_in_trainer: bool = False
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -345,6 +362,13 @@ def validate(cfg: RootConfig) -> Plan:
     _choice("tracking.wandb_mode", cfg.tracking.wandb_mode, ("offline", "online"))
     _choice("algorithm.kl_ctl", a.kl_ctl, ("fixed", "adaptive"))
     _choice("data.bad_rows", d.bad_rows, ("error", "skip"))
+    _choice("reference.placement", cfg.reference.placement, ("separate", "trainer"))
+    _choice("rollout.sync_method", r.sync_method, ("auto", "shm", "object_store", "broadcast", "cuda_ipc"))
+    if r.sync_method == "cuda_ipc" and not (cfg.resources.device == "cuda" and cfg.resources.colocate):
+        raise ConfigError("rollout.sync_method", "cuda_ipc shares GPU memory between colocated processes: it needs "
+                                                 "resources.device=cuda and resources.colocate=true")
+    _positive("rollout.sync_timeout_s", r.sync_timeout_s)
+    _positive("rollout.tensor_parallel_size", r.tensor_parallel_size)
     if a.name != "ppo" and cfg.critic.model_path is not None:
         raise ConfigError("critic.model_path", f"algorithm.name={a.name} does not use a critic (only ppo does)")
     if a.name in STAGES and cfg.reward_model.path is not None:
@@ -411,12 +435,13 @@ def validate(cfg: RootConfig) -> Plan:
                           f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
     if a.name not in (*STAGES, "ppo") and a.name not in ADVANTAGES:
         raise ConfigError("algorithm.name", f"no advantage estimator registered as {a.name!r}")
+    use_reference = a.kl_coef > 0 and a.name not in STAGES
     return Plan(
         samples_per_step=samples,
         minibatch_size=minibatch,
         micro_batches_per_minibatch=per_rank // micro,
         micro_batch_size=micro,
-        use_reference=a.kl_coef > 0 and a.name not in STAGES,
+        use_reference=use_reference,
         use_critic=a.name == "ppo",
         use_reward_model=cfg.reward_model.path is not None,
         advantage=None if a.name in STAGES else a.name,
@@ -425,6 +450,7 @@ def validate(cfg: RootConfig) -> Plan:
         zero_stage=2 if t.zero_stage == 3 and t.world_size == 1 else t.zero_stage,
         old_logp_in_update=(a.ppo_epochs == 1 and a.minibatches == 1 and not a.reuse_rollout_logprobs
                             and a.name not in STAGES and not (a.kl_coef > 0 and a.kl_in_reward)),
+        reference_in_trainer=use_reference and cfg.reference.placement == "trainer",
     )
 
 

@@ -5,6 +5,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import ray
 import torch
@@ -12,10 +13,10 @@ import torch
 from rlengine.algos.advantages import broadcast_to_tokens, gae, get_advantage, whiten
 from rlengine.algos.losses import AdaptiveKLController, FixedKLController, kl_penalty
 from rlengine.config import Plan, RootConfig
-from rlengine.data import PromptEncoder, PromptLoader, pair_batch, prompt_seed, sft_batch
+from rlengine.data import PromptEncoder, PromptLoader, concat_rollouts, pair_batch, prompt_seed, sft_batch
 from rlengine.protocol import Batch
 from rlengine.rewards import RewardManager
-from rlengine.weight_sync import WeightSyncError, compare
+from rlengine.weight_sync import EngineLost, WeightSync, WeightSyncError
 from rlengine.workers.group import WorkerGroup
 
 log = logging.getLogger("rlengine")
@@ -63,7 +64,13 @@ class Controller:
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.kl_ctl == "adaptive"
                        else FixedKLController(a.kl_coef))
         self.faults = {f"faults/{g.name}_restarts": 0 for g in roles.all() if g.max_restarts}
-        self._sync_shared = cfg.rollout.sync_shared_memory  # off for good once a worker cannot map it
+        r = cfg.rollout
+        self.weight_sync = (WeightSync(roles.trainer, roles.rollout, r.sync_method, r.sync_timeout_s,
+                                       r.tensor_parallel_size) if roles.rollout else None)
+        # Reference log-probs: a collective call on the trainer ranks (reference.placement=trainer;
+        # a dead rank stops the run like any trainer death), or the restartable reference role.
+        self._ref_log_probs = (partial(roles.trainer.map_batch, "ref_log_probs") if plan.reference_in_trainer
+                               else partial(self._redo, roles.reference, "log_probs"))
 
     def state_dict(self) -> dict:
         """Everything of the driver's that the next step depends on (JSON-able)."""
@@ -74,7 +81,7 @@ class Controller:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.faults.update({k: v for k, v in state.get("faults", {}).items() if k in self.faults})
 
-    def _redo(self, group: WorkerGroup, method: str, batch: Batch, *args) -> Batch:
+    def _redo(self, group: WorkerGroup, method: str, batch: Batch, *args, join=Batch.concat) -> Batch:
         """group.map_batch, redone when one of the group's actors dies and Ray restarts it.
 
         Rollout, reference and reward-model actors are restartable: their work is a function of
@@ -84,7 +91,7 @@ class Controller:
         """
         while True:
             try:
-                return group.map_batch(method, batch, *args)
+                return group.map_batch(method, batch, *args, join=join)
             except ray.exceptions.RayActorError as e:
                 key = f"faults/{group.name}_restarts"
                 if not group.max_restarts or self.faults[key] >= group.max_restarts:
@@ -94,21 +101,23 @@ class Controller:
                             group.name, method, type(e).__name__, self.faults[key], group.max_restarts)
                 group.wait_ready(self.cfg.fault.restart_timeout_s)
                 if group is self.roles.rollout:
-                    self.sync_weights()
+                    self.weight_sync.reset_group()
+                    self.sync_weights(batch.info.get("step"))
 
     def rl_step(self, step: int) -> dict:
         a, timer, roles = self.cfg.algorithm, Timer(), self.roles
         with timer("step"):
             prompts = self._prompts(self.loader.next(), step)
             with timer("rollout"):
-                batch = self._redo(roles.rollout, "generate", prompts, a.group_size)  # [B*G, ...]
+                # Each engine packs its shard to its own widths; concat_rollouts re-pads them to one.
+                batch = self._redo(roles.rollout, "generate", prompts, a.group_size, join=concat_rollouts)  # [B*G, ...]
                 batch = batch.update(group_id=torch.arange(len(prompts)).repeat_interleave(a.group_size)).with_info(
                     step=step)
             with timer("reward"):
                 batch, scored = self._score(batch)
             if self.plan.use_reference:
                 with timer("ref"):
-                    batch = batch.union(self._redo(roles.reference, "log_probs", batch))
+                    batch = batch.union(self._ref_log_probs(batch))
             if not self.plan.old_logp_in_update:
                 with timer("old_logp"):
                     batch = batch.union(self.roles.trainer.map_batch("log_probs", batch))
@@ -125,7 +134,7 @@ class Controller:
                 if critic_refs:
                     train_metrics.update(_mean_dicts(ray.get(critic_refs)))
             with timer("sync"):
-                sync_metrics = self.sync_weights()
+                sync_metrics = self.sync_weights(step)
         metrics = self._batch_metrics(batch, scored)
         metrics["sync/logprob_drift"] = drift if drift is not None else train_metrics.pop("sync/logprob_drift")
         self._check_drift(metrics["sync/logprob_drift"])
@@ -235,39 +244,27 @@ class Controller:
                 f"mean |vLLM logp - trainer logp| = {drift:.4g} exceeds rollout.max_logprob_drift="
                 f"{self.cfg.rollout.max_logprob_drift}: the rollout engine is not sampling from the trained weights")
 
-    def sync_weights(self) -> dict:
-        """Trainer -> every rollout worker, then compare checksums; a mismatch stops the run."""
-        t0 = time.perf_counter()
-        shared = self._sync_shared
-        exports = [a.export_weights.remote(shared=shared) for a in self.roles.trainer.actors]  # collective (ZeRO-3)
-        loads = [r.load_weights.remote(exports[0]) for r in self.roles.rollout.actors]
-        ray.get(exports[1:])
-        reports = ray.get(loads)
-        if any(r.get("fallback") for r in reports):
-            log.info("a rollout worker cannot map the trainer's shared memory (another host): weights go "
-                     "through the object store from now on")
-            self._sync_shared = False
-            return self.sync_weights()
-        sent = {name: cs for b in ray.get(self.roles.trainer.actors[0].last_checksums.remote()) for name, cs in b.items()}
-        n_bytes = reports[0]["bytes"]
-        for rank, rep in enumerate(reports):
-            res = compare(sent, rep["checksums"], n_bytes)
-            if not res.ok or rep["engine_bad"]:
-                raise WeightSyncError(
-                    f"weight sync to rollout worker {rank} failed verification: received tensors "
-                    f"mismatched {list(res.mismatched)[:5]}, missing {list(res.missing)[:5]}; "
-                    f"engine tensors differing from what they were given: {rep['engine_bad'][:5]}")
-        dt = time.perf_counter() - t0
-        return {"sync/checksum_ok": 1.0, "sync/bytes": float(n_bytes), "sync/gbps": n_bytes / dt / 1e9,
-                "sync/load_s": max(r["load_s"] for r in reports),
-                "sync/engine_tensors_verified": float(min(r["engine_verified"] for r in reports)),
-                "sync/shared_memory": float(all(r["shared"] for r in reports))}
+    def sync_weights(self, step: int | None = None) -> dict:
+        """Trainer -> every rollout engine (rlengine/weight_sync), verified; a mismatch or a hung
+        peer stops the run.  An engine that dies in the transfer is restarted and the push redone."""
+        while True:
+            try:
+                return self.weight_sync.push(step)
+            except EngineLost as e:
+                key = "faults/rollout_restarts"
+                if not self.roles.rollout.max_restarts or self.faults[key] >= self.roles.rollout.max_restarts:
+                    raise e.cause from None
+                self.faults[key] += 1
+                log.warning("%s; waiting for Ray to restart it (restart %d of at most %d), then syncing again",
+                            e, self.faults[key], self.roles.rollout.max_restarts)
+                self.roles.rollout.wait_ready(self.cfg.fault.restart_timeout_s)
 
     def evaluate(self) -> dict:
         """Greedy accuracy on the held-out split: the first reward function's score >= 1 counts as correct."""
         t0 = time.perf_counter()
         prompts = self.encoder.to_batch(self.test_rows)
-        out = self._redo(self.roles.rollout, "generate", prompts, 1, 0, True, self.plan.eval_max_new_tokens)
+        out = self._redo(self.roles.rollout, "generate", prompts, 1, 0, True, self.plan.eval_max_new_tokens,
+                         join=concat_rollouts)
         scored = self.rewards.score(out["prompt"], out["response"], out["ground_truth"], out["extra"])
         first = scored.per_fn[0]
         return {"eval/accuracy": float((first >= 1.0 - 1e-6).float().mean()),

@@ -20,7 +20,14 @@ class DataError(ValueError):
     pass
 
 
-def load_rows(path: str, split: str = "train") -> list[dict]:
+def load_rows(path: str, split: str = "train", config_name: str | None = None) -> list[dict]:
+    """Rows of a jsonl / parquet file, a local HF dataset directory or a hub dataset's `split`.
+
+    `config_name` (data.config_name) picks one of a dataset's configurations: on a hub name or a
+    hub-style directory (data files per config in README.md's `configs:`, or a loading script) it is
+    `load_dataset(path, name=config_name)`; in a directory of `save_to_disk` sub-directories it is the
+    sub-directory's name. A single file or a single saved dataset has no configurations and ignores it.
+    """
     path = tiny.resolve_path(path)
     if path.endswith(".jsonl") or path.endswith(".json"):
         rows = []
@@ -44,15 +51,49 @@ def load_rows(path: str, split: str = "train") -> list[dict]:
         for i, row in enumerate(rows):
             row["_source"] = f"{path}:row {i}"
         return rows
+    ds, where = _load_hf(path, split, config_name)
+    return [dict(r, _source=f"{where}[{split}]:row {i}") for i, r in enumerate(ds)]
+
+
+def _is_saved(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json"))
+
+
+def _load_hf(path: str, split: str, config_name: str | None):
+    """(dataset split, name for row sources); a missing or unknown config or split is a DataError
+    that lists the choices."""
     import datasets
 
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not _is_saved(path):
+        saved = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
+                       and _is_saved(os.path.join(path, d)))
+        if saved:  # one save_to_disk directory per config
+            if config_name is None and len(saved) > 1:
+                raise DataError(f"{path}: holds configs {saved}: set data.config_name to one of them")
+            name = config_name or saved[0]
+            if name not in saved:
+                raise DataError(f"{path}: no config {name!r} (data.config_name); configs: {saved}")
+            path = os.path.join(path, name)
+    if os.path.isdir(path) and _is_saved(path):
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{path}: no split {split!r} (data.train_split / data.test_split); splits: {list(ds)}")
             ds = ds[split]
-    else:
-        ds = datasets.load_dataset(path, split=split)
-    return [dict(r, _source=f"{path}[{split}]:row {i}") for i, r in enumerate(ds)]
+        return ds, path
+    try:
+        choices = datasets.get_dataset_config_names(path)
+    except Exception:  # e.g. an unreachable hub: load_dataset below says what is wrong
+        choices = None
+    if config_name is not None and choices and config_name not in choices:
+        raise DataError(f"{path}: no config {config_name!r} (data.config_name); configs: {choices}")
+    try:
+        ds = datasets.load_dataset(path, name=config_name, split=split)
+    except (ValueError, OSError) as e:  # no such config / split / dataset, hub unreachable
+        several = config_name is None and choices and len(choices) > 1
+        hint = f" (set data.config_name to one of {choices})" if several else ""
+        raise DataError(f"{path}: {str(e).splitlines()[0]}{hint}") from None
+    return ds, f"{path}:{config_name}" if config_name else path
 
 
 def check_rows(rows: list[dict], keys: tuple[str, ...], path: str) -> None:
@@ -241,3 +282,47 @@ def trim_padding(t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             out[k] = v
     return out
+
+
+def concat_rollouts(batches: list[Batch]) -> Batch:
+    """Join rollout batches that pack_sequences packed to their own widths: re-pad each to the
+    largest prompt width P and response width R, then concatenate rows in order.
+
+    Prompt columns are added on the left (pad id, mask 0, position 0) and response columns on the
+    right (pad id in token tensors, 0 elsewhere; positions repeat the row's last one), which is
+    exactly what pack_sequences gives for the joined rows, so a batch joined from several engines
+    equals the one a single engine would return. The pad id is the rollout's `info["pad_id"]`.
+    """
+    if not batches:
+        raise ValueError("concat_rollouts of an empty list")
+    widths = [(b["attention_mask"].shape[1] - b["responses"].shape[1], b["responses"].shape[1]) for b in batches]
+    P, R = max(p for p, _ in widths), max(r for _, r in widths)
+    if all(w == (P, R) for w in widths):
+        return Batch.concat(batches)
+    pads = {b.info.get("pad_id") for b in batches}
+    if len(pads) != 1 or None in pads:
+        raise ValueError(f"concat_rollouts: every batch needs the same info['pad_id'] to re-pad, got {pads}")
+    pad_id = pads.pop()
+    token_keys = ("input_ids", "responses")
+    out = []
+    for b, (p, r) in zip(batches, widths):
+        left, right = P - p, R - r
+        tensors = {}
+        for k, v in b.tensors.items():
+            if v.dim() >= 2 and v.shape[1] == p + r:
+                lr = (left, right)
+            elif v.dim() >= 2 and v.shape[1] == r:
+                lr = (0, right)
+            else:
+                tensors[k] = v
+                continue
+            if k == "position_ids":
+                # (attn.cumsum - 1).clamp(min=0): 0 before the prompt, the last position after the response.
+                tensors[k] = torch.cat([v.new_zeros(v.shape[0], lr[0], *v.shape[2:]), v,
+                                        v[:, -1:].expand(-1, lr[1], *v.shape[2:])], dim=1)
+                continue
+            fill = pad_id if k in token_keys else 0
+            tensors[k] = torch.cat([v.new_full((v.shape[0], lr[0], *v.shape[2:]), fill), v,
+                                    v.new_full((v.shape[0], lr[1], *v.shape[2:]), fill)], dim=1)
+        out.append(Batch(tensors, b.meta, b.info))
+    return Batch.concat(out)

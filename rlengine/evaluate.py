@@ -18,12 +18,12 @@ from rlengine.rewards import resolve_fn
 @torch.no_grad()
 def greedy_accuracy(model_path: str, data: str, max_new_tokens: int, reward: str, prompt_key: str = "prompt",
                     answer_key: str = "answer", chat_template: bool = False, max_prompt_tokens: int = 512,
-                    batch_size: int = 128, limit: int | None = None) -> dict:
+                    batch_size: int = 128, limit: int | None = None, config_name: str | None = None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    rows = load_rows(data, "test")[:limit] if limit else load_rows(data, "test")
+    rows = load_rows(data, "test", config_name)[:limit] if limit else load_rows(data, "test", config_name)
     enc = PromptEncoder(tok, prompt_key, answer_key, chat_template, None, max_prompt_tokens)
     fn = resolve_fn(reward)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -55,9 +55,10 @@ def main() -> None:
     ap.add_argument("--answer-key", default="answer")
     ap.add_argument("--chat-template", action="store_true")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--config-name", default=None, help="the dataset's configuration (data.config_name)")
     a = ap.parse_args()
     res = greedy_accuracy(a.model, a.data, a.max_new_tokens, a.reward, a.prompt_key, a.answer_key,
-                          a.chat_template, limit=a.limit)
+                          a.chat_template, limit=a.limit, config_name=a.config_name)
     print(json.dumps({"accuracy": res["accuracy"], "n": res["n"]}))
 
 

@@ -8,7 +8,14 @@ restarted actor is not killed again):
       the role's actor (rank 0) kills itself when its step-N work arrives;
   checkpoint_write:N   the driver dies after the trainer's files of checkpoint N are written,
                        before the checkpoint is complete;
-  after_checkpoint:N   the driver dies right after checkpoint N is complete.
+  after_checkpoint:N   the driver dies right after checkpoint N is complete;
+  sync:N               rollout engine 0 (its TP rank 0) dies in the middle of step N's weight
+                       transfer, after its first tensor arrived;
+  sync_join:N          rollout engine 0 never joins the weight-sync process group formed at step N
+                       (it hangs instead);
+  corrupt:N            one tensor of step N's weight sync is altered on arrival, before the
+                       receiver's checksum: RLENGINE_FAULT_TARGET="ENGINE/TP_RANK/TENSOR_NAME"
+                       (default 0/0/the first tensor) says where.
 
 Unset (the default) it costs one environment lookup.
 """
@@ -20,7 +27,9 @@ from pathlib import Path
 
 ENV = "RLENGINE_FAULT"
 STATE_ENV = "RLENGINE_FAULT_STATE"
-POINTS = ("rollout", "reference", "reward_model", "trainer", "checkpoint_write", "after_checkpoint")
+TARGET_ENV = "RLENGINE_FAULT_TARGET"
+POINTS = ("rollout", "reference", "reward_model", "trainer", "checkpoint_write", "after_checkpoint", "sync",
+          "sync_join", "corrupt")
 
 
 def parse(spec: str) -> set[tuple[str, int]]:
@@ -49,3 +58,17 @@ def armed(point: str, step: int | None) -> bool:
 def maybe_kill(point: str, step: int | None, rank: int = 0) -> None:
     if rank == 0 and armed(point, step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_corrupt(engine: int, rank: int, step: int | None, name: str, t):
+    """`t`, or a copy of it with its first element changed when corrupt:STEP targets this tensor."""
+    if not os.environ.get(ENV) or "corrupt" not in os.environ[ENV]:
+        return t
+    want_engine, want_rank, want_name = (os.environ.get(TARGET_ENV, "0/0/").split("/", 2) + ["", "", ""])[:3]
+    if int(want_engine or 0) != engine or int(want_rank or 0) != rank or (want_name and want_name != name):
+        return t
+    if not armed("corrupt", step):
+        return t
+    bad = t.clone()
+    bad.view(-1)[0] += 1
+    return bad

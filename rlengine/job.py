@@ -19,7 +19,7 @@ from rlengine.data import PromptEncoder, PromptLoader, check_preference_rows, ch
 from rlengine.placement import alive_nodes, check_resources, describe, release, reserve, role_specs
 from rlengine.rewards import RewardManager
 from rlengine.tracking import Tracker, setup_logging, write_summary
-from rlengine.workers.group import WorkerGroup, free_port
+from rlengine.workers.group import WorkerGroup, rendezvous
 
 log = logging.getLogger("rlengine")
 REPO = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def actor_env() -> dict[str, str]:
     # of a CPU update, and most of its system time).  A user's own setting wins.
     env.update({k: v for k, v in MALLOC_ENV.items() if k not in os.environ})
     for k in ("RLENGINE_CACHE", "HF_HUB_OFFLINE", "DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT",
-              faults.ENV, faults.STATE_ENV):
+              faults.ENV, faults.STATE_ENV, faults.TARGET_ENV):
         if k in os.environ:
             env[k] = os.environ[k]
     return env
@@ -121,19 +121,19 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
         return WorkerGroup(name, cls, count, pg, offset, s.cpus * share, s.gpus * share, init, env,
                            custom={k: v * share for k, v in s.custom.items()}, max_restarts=restarts)
 
-    def ranks(path):
-        port = free_port()
-        return lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {})
+    def ranks(path, role):
+        host, port = rendezvous(*pgs[role])  # rank 0's node: the group may span nodes
+        return lambda rank: ((cfg, plan, path, rank, ws, host, port), {})
 
     model, tok = paths["model"], paths["tokenizer"]
     roles = Roles(trainer=group("trainer", RewardTrainerWorker if cfg.algorithm.name == "rm" else TrainerWorker,
-                                ranks(model)))
+                                ranks(model, "trainer")))
     if "rollout" in pgs:
         roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
-    if plan.use_reference:
+    if plan.use_reference and not plan.reference_in_trainer:
         roles.reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model, plan.micro_batch_size), {}))
     if plan.use_critic:
-        roles.critic = group("critic", CriticWorker, ranks(paths["critic"]))
+        roles.critic = group("critic", CriticWorker, ranks(paths["critic"], "critic"))
     if plan.use_reward_model:
         roles.reward_model = group("reward_model", RewardModelWorker, lambda rank: (
             (cfg, paths["reward_model"], paths["reward_model_tokenizer"], plan.micro_batch_size), {}))
@@ -194,7 +194,8 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     rewards = RewardManager(cfg.reward)
     d = cfg.data
-    train_rows, test_rows = load_rows(d.train_path, d.train_split), load_rows(d.test_path, d.test_split)
+    train_rows = load_rows(d.train_path, d.train_split, d.config_name)
+    test_rows = load_rows(d.test_path, d.test_split, d.config_name)
     if cfg.algorithm.name == "rm":
         train_rows, skipped = check_preference_rows(train_rows, d, d.train_path)
         test_rows, skipped_test = check_preference_rows(test_rows, d, d.test_path)

@@ -162,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         print(f"# plan: {plan}")
+        from rlengine.placement import describe_plan
+
+        print(describe_plan(cfg, plan))
         return 0
     from rlengine.data import DataError
     from rlengine.job import RunInterrupted, run
     from rlengine.placement import PlacementError
+    from rlengine.weight_sync import WeightSyncError
 
     try:
         run(cfg, plan)
@@ -175,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return RunInterrupted.exit_code
+    except WeightSyncError as e:
+        print(f"error: weight sync: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

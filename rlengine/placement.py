@@ -46,7 +46,7 @@ def role_specs(cfg: RootConfig, plan: Plan) -> list[RoleSpec]:
     # RL samples from the rollout role and SFT evaluates with it; reward-model training needs none.
     if cfg.algorithm.name != "rm" and not r.colocate:
         roles.append(spec("rollout", cfg.rollout.num_workers, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
-    if plan.use_reference:
+    if plan.use_reference and not plan.reference_in_trainer:
         roles.append(spec("reference", cfg.reference.num_workers, r.gpus_per_reference))
     if plan.use_critic:
         roles.append(spec("critic", cfg.trainer.world_size, r.gpus_per_trainer))
@@ -62,6 +62,39 @@ def required(roles: list[RoleSpec]) -> dict[str, float]:
             if amount:
                 need[res] = need.get(res, 0.0) + amount * role.count
     return need
+
+
+def _fmt(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in bundle.items()) + "}"
+
+
+def _n(count: float, what: str) -> str:
+    return f"{count:g} {what}{'' if count == 1 else 's'}"
+
+
+def describe_plan(cfg: RootConfig, plan: Plan) -> str:
+    """The placement plan as `# ` lines (the --cfg output stays valid YAML): every role's actors,
+    the bundle each reserves, the nodes they pack on, colocation, and the totals to reserve."""
+    r = cfg.resources
+    specs = role_specs(cfg, plan)
+    lines = [f"# placement (resources.device={r.device}; one placement group per role):"]
+    for s in specs:
+        strategy = "STRICT_PACK on 1 node" if s.nodes == 1 else f"PACK over {s.nodes} nodes (resources.role_nodes)"
+        extra = f", tensor_parallel_size {cfg.rollout.tensor_parallel_size}" if s.name == "rollout" else ""
+        lines.append(f"#   {s.name}: {_n(s.count, 'actor')} x {_fmt(s.bundle())}{extra}, "
+                     f"{_n(s.count * s.gpus, 'GPU')}; {strategy}")
+        if r.colocate and s.name == "trainer" and cfg.algorithm.name != "rm":
+            n = cfg.rollout.num_workers
+            half = {k: v / 2 for k, v in s.bundle().items()}
+            lines.append(f"#   rollout: {_n(n, 'actor')} colocated (resources.colocate): worker i shares trainer "
+                         f"rank i's bundle, {_fmt(half)} each; no devices of its own")
+    if plan.use_reference and plan.reference_in_trainer:
+        lines.append("#   reference: inside the trainer ranks (reference.placement=trainer): "
+                     "no actors or devices of its own")
+    need = required(specs)
+    lines.append("# required: " + ", ".join(_n(need.get(k, 0.0), k) for k in ("GPU", "CPU"))
+                 + "".join(f", {v:g} {k}" for k, v in sorted(need.items()) if k not in ("GPU", "CPU")))
+    return "\n".join(lines)
 
 
 def check_resources(roles: list[RoleSpec], available: dict[str, float],

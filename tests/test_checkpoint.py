@@ -4,6 +4,7 @@ import json
 import pytest
 
 from rlengine import checkpoint, faults
+from rlengine.config import to_dict
 
 
 def _write(run_dir, step, keep_last=0, payload=b"x" * 100):
@@ -99,3 +100,22 @@ def test_fault_spec_parses_and_fires_once(tmp_path, monkeypatch):
     assert not faults.armed("rollout", 2)  # a restarted actor is not killed again
     monkeypatch.delenv(faults.ENV)
     assert not faults.armed("rollout", 2)
+
+
+@pytest.mark.parametrize("saved, resumed", [("separate", "trainer"), ("trainer", "separate")])
+def test_resume_across_reference_placements(tmp_path, saved, resumed):
+    """The reference is the frozen initial model wherever it lives and is never checkpointed, so a
+    checkpoint of either placement resumes in the other."""
+    from rlengine import resume
+    from rlengine.main import load_config
+
+    common = ["model.path=tiny:base", f"run_dir={tmp_path}"]
+    cfg, plan = load_config("grpo_tiny", [*common, f"reference.placement={saved}"])
+    tmp = checkpoint.begin(tmp_path, 2)
+    state = {"step": 2, "tag": "step_000002", "recipe": cfg.recipe, "model": cfg.model.path,
+             "shape": resume.shape(cfg, plan), "config": json.loads(json.dumps(to_dict(cfg), default=str))}
+    path = checkpoint.commit(tmp_path, 2, state, 0)
+    assert tmp.name.startswith(".tmp")
+    cfg2, plan2 = load_config("grpo_tiny", [*common, f"reference.placement={resumed}"])
+    assert plan2.reference_in_trainer is (resumed == "trainer")
+    assert resume.check_compatible(cfg2, plan2, path)["step"] == 2

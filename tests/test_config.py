@@ -292,6 +292,13 @@ def test_grpo_qwen_math_recipe():
     assert plan.use_reference is True
 
 
+def test_grpo_qwen_math_loads_the_main_config_of_gsm8k():
+    cfg, _ = load_config("grpo_qwen_math", [])
+    assert (cfg.data.train_path, cfg.data.test_path, cfg.data.config_name) == ("openai/gsm8k", "openai/gsm8k", "main")
+    assert load_config("grpo_qwen_math", ["data.config_name=socratic"])[0].data.config_name == "socratic"
+    assert load_config("grpo_tiny", [])[0].data.config_name is None
+
+
 def test_grpo_qwen_math_placement_by_hand():
     from rlengine.placement import PlacementError, check_resources, required, role_specs
 
@@ -418,3 +425,32 @@ def test_strict_pack_role_must_fit_one_node():
     with pytest.raises(PlacementError, match=r"role trainer needs .*'GPU': 8.0.* short \{'GPU': 4.0\}.*role_nodes.trainer"):
         check_resources([trainer], {"CPU": 32.0, "GPU": 8.0}, nodes)
     check_resources([RoleSpec("trainer", 8, 1.0, 1.0, nodes=2)], {"CPU": 32.0, "GPU": 8.0}, nodes)  # spread: fits
+
+
+# ---------------------------------------------------------------- reference.placement
+
+@pytest.mark.parametrize("overrides, in_trainer", [
+    ([], False),  # separate is the default
+    (["reference.placement=trainer"], True),
+    (["reference.placement=trainer", "algorithm.kl_coef=0"], False),  # no KL: no reference anywhere
+])
+def test_reference_placement_plan(overrides, in_trainer):
+    cfg, plan = load_config("grpo_tiny", overrides)
+    assert plan.reference_in_trainer is in_trainer
+    assert plan.use_reference is (cfg.algorithm.kl_coef > 0)  # log-probs computed, wherever
+
+
+def test_reference_placement_is_checked():
+    with pytest.raises(ConfigError, match=r"'reference.placement'.*'colocated' is not one of \['separate', 'trainer'\]"):
+        load_config("grpo_tiny", ["reference.placement=colocated"])
+
+
+def test_reference_in_trainer_has_no_role_of_its_own():
+    from rlengine.placement import required, role_specs
+
+    cfg, plan = load_config("grpo_qwen_math", ["reference.placement=trainer"])
+    specs = role_specs(cfg, plan)
+    assert [s.name for s in specs] == ["trainer", "rollout"]
+    assert required(specs)["GPU"] == 4 + 4  # the reference's GPU is not requested
+    cfg, plan = load_config("ppo_qwen_math", ["reference.placement=trainer"])
+    assert {s.name for s in role_specs(cfg, plan)} == {"trainer", "rollout", "critic"}

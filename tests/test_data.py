@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlengine.data import (DataError, PromptEncoder, PromptLoader, check_rows, load_rows,
+from rlengine.data import (DataError, PromptEncoder, PromptLoader, check_rows, concat_rollouts, load_rows,
                            pack_sequences, prompt_seed, sft_batch)
+from rlengine.protocol import Batch
 
 
 # ---------------------------------------------------------------- load_rows / check_rows
@@ -170,6 +171,68 @@ def test_pack_sequences_empty_response_and_no_logps():
     assert "rollout_logp" not in out
 
 
+def _rollout(prompts, responses, logps, pad_id=99, rank=0, **meta):
+    return Batch(tensors=pack_sequences(prompts, responses, logps, pad_id), meta=meta,
+                 info={f"gen_s/rank{rank}": 0.1 * (rank + 1), "pad_id": pad_id})
+
+
+def test_concat_rollouts_repads_to_the_widest_prompt_and_response_by_hand():
+    a = _rollout([[5, 6]], [[9]], [[-0.5]], rank=0, prompt=["a"])                     # P=2, R=1
+    b = _rollout([[7, 8, 4], [3]], [[10, 11], []], [[-1.0, -2.0], []], rank=1, prompt=["b", "c"])  # P=3, R=2
+    out = concat_rollouts([a, b])
+    assert out["input_ids"].tolist() == [[99, 5, 6, 9, 99],
+                                         [7, 8, 4, 10, 11],
+                                         [99, 99, 3, 99, 99]]
+    assert out["attention_mask"].tolist() == [[0, 1, 1, 1, 0],
+                                              [1, 1, 1, 1, 1],
+                                              [0, 0, 1, 0, 0]]
+    assert out["position_ids"].tolist() == [[0, 0, 1, 2, 2],
+                                            [0, 1, 2, 3, 4],
+                                            [0, 0, 0, 0, 0]]
+    assert out["responses"].tolist() == [[9, 99], [10, 11], [99, 99]]
+    assert out["response_mask"].tolist() == [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    assert out["rollout_logp"].tolist() == [[-0.5, 0.0], [-1.0, -2.0], [0.0, 0.0]]
+    assert out["response_length"].tolist() == [1.0, 2.0, 0.0]
+    assert out["prompt"] == ["a", "b", "c"]
+    assert out.info == {"gen_s/rank0": 0.1, "gen_s/rank1": 0.2, "pad_id": 99}
+    for k in out.tensors:
+        assert out[k].dtype == a[k].dtype, k
+
+
+def test_concat_rollouts_of_three_uneven_shards_equals_one_engine():
+    """7 prompts over 3 engines (Batch.split: 3, 2, 2), 2 samples each: the joined batch is the one a
+    single engine packs, rows prompt-major, so group_id = arange(7).repeat_interleave(2) is right."""
+    prompts = [[1] * n for n in (2, 5, 3, 1, 4, 6, 2)]
+    responses = [[7] * n for n in (1, 3, 0, 2, 4, 1, 2, 5, 3, 1, 2, 2, 1, 6)]  # row i*2+j: sample j of prompt i
+    logps = [[-0.1 * (k + 1)] * len(r) for k, r in enumerate(responses)]
+    shards = Batch(meta={"p": list(range(7))}).split(3)
+    assert [len(s) for s in shards] == [3, 2, 2]
+    parts = []
+    for rank, s in enumerate(shards):
+        rows = [i * 2 + j for i in s["p"] for j in (0, 1)]
+        parts.append(_rollout([prompts[r // 2] for r in rows], [responses[r] for r in rows],
+                              [logps[r] for r in rows], rank=rank, prompt_index=[r // 2 for r in rows]))
+    assert {p["attention_mask"].shape[1] - p["responses"].shape[1] for p in parts} == {5, 4, 6}  # widths differ
+    joined = concat_rollouts(parts)
+    one = pack_sequences([prompts[r // 2] for r in range(14)], responses, logps, 99)
+    assert set(joined.tensors) == set(one)
+    for k, v in one.items():
+        assert torch.equal(joined[k], v), k
+    assert joined["prompt_index"] == torch.arange(7).repeat_interleave(2).tolist()
+
+
+def test_concat_rollouts_same_widths_is_plain_concat_and_needs_one_pad_id():
+    a, b = _rollout([[1]], [[2]], [[-1.0]]), _rollout([[3]], [[4]], [[-2.0]], rank=1)
+    assert concat_rollouts([a, b])["input_ids"].tolist() == [[1, 2], [3, 4]]
+    c = _rollout([[1, 2]], [[2]], [[-1.0]], pad_id=0, rank=2)
+    with pytest.raises(ValueError, match="pad_id"):
+        concat_rollouts([a, c])
+    no_pad = Batch(tensors=pack_sequences([[1, 2]], [[2]], None, 0))
+    with pytest.raises(ValueError, match="pad_id"):
+        concat_rollouts([a.select(["input_ids", "attention_mask", "position_ids", "responses", "response_mask",
+                                   "response_length"]), no_pad])
+
+
 # ---------------------------------------------------------------- sft_batch
 
 class CharTok:
@@ -314,3 +377,86 @@ def test_prompt_seeds_leave_room_for_vllm_child_seeds():
     assert len(set(streams)) == len(streams)
     assert all(0 <= s < 2**31 for s in streams)
     assert prompt_seed(1, 5, 3) == prompt_seed(1, 5, 3) != prompt_seed(2, 5, 3)
+
+
+# ---------------------------------------------------------------- datasets with configs (data.config_name)
+
+@pytest.fixture
+def offline_hf(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    return datasets
+
+
+def _qa_rows(tag, n):
+    return [{"question": f"{tag} q{i}", "answer": str(i)} for i in range(n)]
+
+
+def test_config_name_picks_a_save_to_disk_subdirectory(tmp_path, offline_hf):
+    root = tmp_path / "ds"
+    for name, n in (("main", 3), ("socratic", 2)):
+        splits = {"train": _qa_rows(name, n), "test": _qa_rows(name + "-t", 1)}
+        offline_hf.DatasetDict({k: offline_hf.Dataset.from_list(v) for k, v in splits.items()}).save_to_disk(
+            str(root / name))
+    rows = load_rows(str(root), "train", "socratic")
+    assert [r["question"] for r in rows] == ["socratic q0", "socratic q1"]
+    assert rows[1]["_source"] == f"{root / 'socratic'}[train]:row 1"
+    assert [r["question"] for r in load_rows(str(root), "test", "main")] == ["main-t q0"]
+    with pytest.raises(DataError, match=r"no config 'gsm'.*\['main', 'socratic'\]"):
+        load_rows(str(root), "train", "gsm")
+    with pytest.raises(DataError, match=r"holds configs \['main', 'socratic'\]: set data.config_name"):
+        load_rows(str(root), "train")
+    with pytest.raises(DataError, match=r"no split 'validation'.*\['train', 'test'\]"):
+        load_rows(str(root), "validation", "main")
+
+
+def test_config_name_on_a_hub_style_dataset_directory(tmp_path, offline_hf):
+    """Data files per config declared in README.md's YAML, as on the hub: load_dataset(path, name)."""
+    repo = tmp_path / "repo"
+    for name, n in (("main", 2), ("socratic", 3)):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _qa_rows(name, n)))
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n"
+        "- config_name: main\n  data_files:\n  - split: train\n    path: main/train.jsonl\n"
+        "- config_name: socratic\n  data_files:\n  - split: train\n    path: socratic/train.jsonl\n---\n# toy\n")
+    rows = load_rows(str(repo), "train", "socratic")
+    assert [r["question"] for r in rows] == ["socratic q0", "socratic q1", "socratic q2"]
+    assert rows[0]["_source"] == f"{repo}:socratic[train]:row 0"
+    assert [r["answer"] for r in load_rows(str(repo), "train", "main")] == ["0", "1"]
+    with pytest.raises(DataError, match=r"no config 'gsm'.*\['main', 'socratic'\]"):
+        load_rows(str(repo), "train", "gsm")
+    with pytest.raises(DataError, match=r"\['main', 'socratic'\]"):
+        load_rows(str(repo), "train")  # two configs, no default: the choice is the user's
+
+
+def test_hub_name_passes_the_config_name_to_load_dataset(offline_hf, monkeypatch):
+    calls = []
+
+    def fake_load(path, name=None, split=None):
+        calls.append((path, name, split))
+        return _qa_rows("hub", 2)
+
+    monkeypatch.setattr(offline_hf, "get_dataset_config_names", lambda path: ["main", "socratic"])
+    monkeypatch.setattr(offline_hf, "load_dataset", fake_load)
+    rows = load_rows("openai/gsm8k", "test", "main")
+    assert calls == [("openai/gsm8k", "main", "test")]
+    assert rows[1]["_source"] == "openai/gsm8k:main[test]:row 1"
+    with pytest.raises(DataError, match=r"openai/gsm8k: no config 'mian' \(data.config_name\); "
+                                        r"configs: \['main', 'socratic'\]"):
+        load_rows("openai/gsm8k", "test", "mian")
+    assert len(calls) == 1  # the wrong name is caught before anything loads
+
+
+def test_a_bad_config_name_exits_2_before_ray(tmp_path, offline_hf, capsys):
+    from rlengine.main import main
+
+    root = tmp_path / "ds"
+    for name in ("main", "socratic"):
+        offline_hf.Dataset.from_list(_qa_rows(name, 2)).save_to_disk(str(root / name))
+    assert main(["recipe=grpo_tiny", "model.path=tiny:base", f"data.train_path={root}", f"data.test_path={root}",
+                 "data.config_name=gsm", "data.prompt_key=question", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no config 'gsm' (data.config_name)" in err and "['main', 'socratic']" in err

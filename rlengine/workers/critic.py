@@ -23,6 +23,8 @@ def response_values(model, batch) -> torch.Tensor:
 
 
 class CriticWorker(TrainerWorker):
+    hosts_reference = False
+
     def _load_model(self, path: str):
         from transformers import AutoModelForTokenClassification
 

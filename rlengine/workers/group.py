@@ -12,7 +12,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from rlengine.protocol import Batch
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A free port for the trainers' rendezvous, drawn below the kernel's ephemeral range: a port
     from that range (what binding port 0 returns) can be handed to one of Ray's outgoing
     connections between this check and the trainer's listen (seen: EADDRINUSE in init_distributed)."""
@@ -22,7 +22,7 @@ def free_port() -> int:
         port = rng.randint(20000, low - 1) if low > 20001 else 0
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
                 continue
             return s.getsockname()[1]
@@ -37,9 +37,19 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-@ray.remote
-def _node_ip() -> str:
-    return ray.util.get_node_ip_address()
+@ray.remote(num_cpus=0)
+def _probe_rendezvous() -> tuple[str, int]:
+    host = ray.util.get_node_ip_address()
+    return host, free_port(host)
+
+
+def rendezvous(pg, bundle_index: int = 0) -> tuple[str, int]:
+    """(address, free port) for a process group whose rank 0 is placed in `pg`'s bundle: probed on
+    that bundle's node, so ranks on other nodes meet there (not at the driver's 127.0.0.1)."""
+    if pg is None:
+        return "127.0.0.1", free_port()
+    return ray.get(_probe_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+        placement_group=pg, placement_group_bundle_index=bundle_index)).remote())
 
 
 class WorkerGroup:
@@ -73,8 +83,13 @@ class WorkerGroup:
     def __len__(self) -> int:
         return len(self.actors)
 
+    def submit_all(self, method: str, *args, **kwargs) -> list:
+        """Every rank, same arguments, object refs returned at once (a collective the caller
+        overlaps with another role's work, e.g. a weight export with the engines' loads)."""
+        return [getattr(a, method).remote(*args, **kwargs) for a in self.actors]
+
     def call_all(self, method: str, *args, **kwargs) -> list:
-        return get_all([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
+        return get_all(self.submit_all(method, *args, **kwargs))
 
     def call_rank0(self, method: str, *args, **kwargs):
         return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
@@ -100,8 +115,10 @@ class WorkerGroup:
     def call_split(self, method: str, batch: Batch, *args, **kwargs) -> list:
         return get_all(self.submit_split(method, batch, *args, **kwargs))
 
-    def map_batch(self, method: str, batch: Batch, *args, **kwargs) -> Batch:
-        return Batch.concat(self.call_split(method, batch, *args, **kwargs))
+    def map_batch(self, method: str, batch: Batch, *args, join: Callable[[list[Batch]], Batch] = Batch.concat,
+                  **kwargs) -> Batch:
+        """call_split, results joined by `join` (e.g. data.concat_rollouts for batches of different widths)."""
+        return join(self.call_split(method, batch, *args, **kwargs))
 
     def placement(self) -> list[dict]:
         """Where each actor landed: node id / ip per rank (recorded in the run log)."""

@@ -1,12 +1,29 @@
-"""Reference role: the frozen initial policy, scoring log-probs for the KL term."""
+"""The reference model: the frozen initial policy, scoring log-probs for the KL term.
+
+Two placements (reference.placement): `ReferenceWorker`, a role of its own, or `TrainerReference`,
+a frozen copy inside each trainer rank, partitioned like the policy. Both score with
+`reference_log_probs`, so their values agree.
+"""
 from __future__ import annotations
 
 import torch
 
 from rlengine import faults
-from rlengine.config import RootConfig
+from rlengine.config import Plan, RootConfig
 from rlengine.modeling import load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
+
+
+@torch.no_grad()
+def reference_log_probs(model, batch: Batch, micro_batch_size: int, temperature: float, device) -> Batch:
+    """ref_logp_BR of `batch`, in micro-batches of `micro_batch_size` rows at the rollout temperature."""
+    outs = [response_logprobs(model, m.to(device), temperature).cpu() for m in batch.chunk_by_size(micro_batch_size)]
+    return Batch(tensors={"ref_logp": torch.cat(outs)})
+
+
+def _load(cfg: RootConfig, model_path: str):
+    m = cfg.model
+    return load_causal_lm(model_path, m.dtype, m.attn_implementation, m.trust_remote_code).requires_grad_(False)
 
 
 class ReferenceWorker:
@@ -15,13 +32,49 @@ class ReferenceWorker:
         self.device = torch.device("cuda" if cfg.resources.device == "cuda" else "cpu")
         if cfg.resources.device == "cpu":
             set_threads(cfg.trainer.cpu_threads)
-        self.model = load_causal_lm(model_path, cfg.model.dtype, cfg.model.attn_implementation,
-                                    cfg.model.trust_remote_code).to(self.device).eval()
-        self.model.requires_grad_(False)
+        self.model = _load(cfg, model_path).to(self.device).eval()
 
-    @torch.no_grad()
     def log_probs(self, batch: Batch) -> Batch:
         faults.maybe_kill("reference", batch.info.get("step"))
-        outs = [response_logprobs(self.model, m.to(self.device), self.cfg.rollout.temperature).cpu()
-                for m in batch.chunk_by_size(self.micro_batch_size)]
-        return Batch(tensors={"ref_logp": torch.cat(outs)})
+        return reference_log_probs(self.model, batch, self.micro_batch_size, self.cfg.rollout.temperature, self.device)
+
+
+def eval_ds_config(ds_config: dict) -> dict:
+    """The policy's DeepSpeed config without its optimizer settings: same ZeRO stage, persistence
+    threshold and precision (DeepSpeed checks the batch sizes even without an optimizer)."""
+    return {k: v for k, v in ds_config.items() if k not in ("gradient_clipping", "zero_allow_untested_optimizer")}
+
+
+class TrainerReference:
+    """The reference inside one trainer rank (reference.placement=trainer), built by every rank.
+
+    Under ZeRO-3 it is a DeepSpeed engine without an optimizer, constructed under a live
+    HfDeepSpeedConfig so that from_pretrained runs inside zero.Init and this rank materialises only
+    its partition; its forward gathers each module's weights as the policy's does, so `log_probs`
+    is collective (every rank calls it with the same number of rows). At ZeRO stages 0-2 the
+    weights are not partitioned and it is a plain frozen module on the trainer's device.
+    """
+
+    def __init__(self, cfg: RootConfig, plan: Plan, model_path: str, ds_config: dict, device):
+        self.cfg, self.micro_batch_size, self.device = cfg, plan.micro_batch_size, device
+        # Loading must not advance the trainer's RNG: the policy then trains as with a separate reference.
+        with torch.random.fork_rng(devices=[]):
+            if plan.zero_stage == 3:
+                import deepspeed
+                from transformers.integrations import HfDeepSpeedConfig
+
+                config = eval_ds_config(ds_config)
+                # Kept alive for the rank's lifetime: transformers reads "ZeRO-3 on" through a weak
+                # reference to the newest HfDeepSpeedConfig, which this one replaces.
+                self._hf_ds = HfDeepSpeedConfig(config)
+                self.model, *_ = deepspeed.initialize(model=_load(cfg, model_path), config=config)
+            else:
+                self.model = _load(cfg, model_path).to(device)
+        self.model.eval()
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def log_probs(self, batch: Batch) -> Batch:
+        return reference_log_probs(self.model, batch, self.micro_batch_size, self.cfg.rollout.temperature, self.device)

@@ -82,6 +82,8 @@ class RewardTrainerWorker(TrainerWorker):
 
     Batches hold pairs interleaved: rows 2i (chosen) and 2i+1 (rejected)."""
 
+    hosts_reference = False
+
     def _load_model(self, path: str):
         return load_reward_model(path, self.cfg)
 

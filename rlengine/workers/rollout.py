@@ -1,7 +1,10 @@
 """Rollout role: a vLLM engine that samples responses with their log-probs and takes new weights.
 
-The engine runs in the actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0): start-up is a few
-seconds instead of ~17, and weights reach the model as tensors, with no serialisation hop.
+The engine core runs in the actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0): start-up is a
+few seconds instead of ~17.  With tensor_parallel_size 1 the model runs there too, so weights
+reach it as tensors with no serialisation hop; with N > 1 vLLM's multiprocess executor starts N
+worker processes on the devices of this actor's bundle (the actor itself computes nothing), and
+every weight transport reaches each of them (rlengine/weight_sync/receiver.py).
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from rlengine.config import RootConfig
 from rlengine.data import pack_sequences, prompt_seed
 from rlengine.modeling import set_threads
 from rlengine.protocol import Batch
-from rlengine.weight_sync import checksum, compare_engine, open_shared
+from rlengine.weight_sync import receiver
+from rlengine.weight_sync.shm import SharedWeights
+from rlengine.weight_sync.verify import check_shards
 
 
 def _vllm_env(cfg: RootConfig) -> None:
@@ -23,23 +28,20 @@ def _vllm_env(cfg: RootConfig) -> None:
     if cfg.resources.device == "cpu":
         set_threads(cfg.rollout.cpu_threads)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.rollout.kv_cache_gib))
-        if cfg.rollout.cpu_bind:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.rollout.cpu_bind
+        bind = cfg.rollout.cpu_bind or tp_cpu_bind(cfg.rollout.tensor_parallel_size, sorted(os.sched_getaffinity(0)))
+        if bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
 
 
-def _load_weights(worker, named_tensors):
-    """Runs inside the vLLM worker: repack-aware reload (plain load_weights fails on the CPU build)."""
-    worker.model_runner.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
-
-
-def _engine_sums(worker) -> dict:
-    """Runs inside the vLLM worker: float64 sums of every parameter vLLM still holds in readable
-    form, with the stacking map (qkv_proj <- q/k/v_proj, ...) needed to compare with HF names.
-    The CPU build leaves repacked linear weights as empty tensors; those are skipped here."""
-    model = worker.model_runner.model
-    sums = {n: float(p.detach().double().sum()) for n, p in model.named_parameters() if p.numel() > 0}
-    return {"sums": sums, "packed": dict(getattr(model, "packed_modules_mapping", {}) or {})}
+def tp_cpu_bind(tp: int, cpus: list[int]) -> str | None:
+    """The cores of each TP worker on the CPU build ("0|1": rank 0 on core 0, rank 1 on core 1):
+    this process's cores split evenly between the ranks, one core at least each."""
+    if tp <= 1:
+        return None
+    per = max(1, len(cpus) // tp)
+    groups = [cpus[(r * per) % len(cpus):(r * per) % len(cpus) + per] for r in range(tp)]
+    return "|".join(",".join(map(str, g)) for g in groups)
 
 
 def sampled_logprobs(lp, n_tokens: int) -> list[float]:
@@ -69,6 +71,7 @@ class RolloutWorker:
         self.llm = LLM(model=model_path, tokenizer=tokenizer_path, dtype=cfg.model.dtype, seed=cfg.seed,
                        enforce_eager=r.enforce_eager, max_model_len=r.max_model_len,
                        tensor_parallel_size=r.tensor_parallel_size,
+                       distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
                        gpu_memory_utilization=r.gpu_memory_utilization,
                        logprobs_mode="processed_logprobs", trust_remote_code=cfg.model.trust_remote_code)
 
@@ -110,28 +113,46 @@ class RolloutWorker:
         texts = self.tokenizer.batch_decode([r for r in resp_rows], skip_special_tokens=True)
         meta = {k: [v for v in vals for _ in range(n)] for k, vals in prompts.meta.items()}
         meta["response"] = texts
-        return Batch(tensors=batch, meta=meta, info={f"gen_s/rank{self.rank}": gen_s})
+        # pad_id: what the controller re-pads with when it joins engines' batches of different widths.
+        return Batch(tensors=batch, meta=meta, info={f"gen_s/rank{self.rank}": gen_s, "pad_id": self.pad_id})
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def join_sync(self, host: str, port: int, base_rank: int, world: int, timeout_s: float,
+                  layout: list, step: int) -> list[int]:
+        """Every TP worker of this engine joins the weight-sync group (ranks base_rank + tp rank)."""
+        return self.llm.collective_rpc(receiver.join, timeout=2 * timeout_s, args=(
+            host, port, base_rank, world, timeout_s, self.node_ip(), layout, self.rank, step))
 
     @torch.no_grad()
-    def load_weights(self, export: list[dict]) -> dict:
-        """Checksum what arrived (in shared memory or as buckets), hand it to vLLM, and compare the
-        tensors vLLM keeps readable with it.  {"fallback": True} when the shared-memory file of
-        another host or process namespace is not reachable from here: the caller sends buckets."""
-        if "shared" in export[0]:
-            named = open_shared(export[0]["shared"])
-            if named is None:
-                return {"fallback": True}
-        else:
-            named = [nt for b in export for nt in b["tensors"]]
-        received = checksum(named, threads=self.cfg.rollout.cpu_threads)
+    def load_weights(self, spec: dict, payload: dict | None = None) -> dict:
+        """One sync on every TP rank of this engine: each receives, checksums, loads and reports
+        on what it holds; sharded tensors are checked here, over the ranks' shards.
+        {"fallback": True} when the trainer's shared memory is not reachable from this host or
+        process namespace: the caller sends this engine Ray objects instead."""
+        spec = {**spec, "engine": self.rank, "payload": payload}
+        if spec["method"] == "shm" and receiver.open_shared(spec["payload"]["shm"]) is None:
+            return {"fallback": True}
+        if spec["method"] == "object_store" and self.cfg.rollout.tensor_parallel_size > 1:
+            spec = self._to_local_shm(spec)  # worker processes cannot take tensors through the RPC
         t0 = time.perf_counter()
-        self.llm.collective_rpc(_load_weights, args=(named,))
+        ranks = self.llm.collective_rpc(receiver.receive, timeout=2 * self.cfg.rollout.sync_timeout_s, args=(spec,))
         self.llm.reset_prefix_cache()
-        load_s = time.perf_counter() - t0
-        engine = self.llm.collective_rpc(_engine_sums)[0]
-        verified, bad = compare_engine(dict(named), engine["sums"], engine["packed"])
-        return {"checksums": received, "load_s": load_s, "engine_verified": verified, "engine_bad": bad,
-                "shared": "shared" in export[0], "bytes": sum(t.numel() * t.element_size() for _, t in named)}
+        verified, bad = check_shards([r.pop("shards") for r in ranks])
+        return {"ranks": ranks, "shard_verified": verified, "shard_bad": bad, "s": time.perf_counter() - t0}
+
+    def _to_local_shm(self, spec: dict) -> dict:
+        named = [nt for b in spec["payload"]["buckets"] for nt in b["tensors"]]
+        layout = [(n, tuple(t.shape), t.dtype) for n, t in named]
+        if getattr(self, "_shm", None) is None or self._shm.layout_key != layout:
+            self._shm = SharedWeights(layout)
+            self._shm.layout_key = layout
+        for n, t in named:
+            self._shm.views[n].copy_(t)
+        return {**spec, "method": "shm", "payload": {"shm": self._shm.handle()}, "via": "object_store"}
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)

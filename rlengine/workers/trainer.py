@@ -20,7 +20,9 @@ from rlengine.config import Plan, RootConfig
 from rlengine.data import trim_padding
 from rlengine.modeling import DTYPES, load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
-from rlengine.weight_sync import BUCKET_BYTES, SharedWeights, bucketize, checksum
+from rlengine.weight_sync.sender import WeightSender, dtype_name
+from rlengine.weight_sync.verify import BUCKET_BYTES, bucketize, checksum
+from rlengine.workers.reference import TrainerReference
 
 log = logging.getLogger("rlengine")
 
@@ -86,6 +88,10 @@ def length_bucketed(mb: Batch, size: int, device: torch.device | str = "cpu", co
 
 
 class TrainerWorker:
+    # The policy trainer holds the reference when reference.placement=trainer; the critic and the
+    # reward-model trainer, built on this class, never do.
+    hosts_reference = True
+
     def __init__(self, cfg: RootConfig, plan: Plan, model_path: str, rank: int, world_size: int,
                  master_addr: str, master_port: int):
         self.cfg, self.plan, self.rank, self.world_size = cfg, plan, rank, world_size
@@ -119,8 +125,10 @@ class TrainerWorker:
             self.engine.compile(compile_kwargs={"dynamic": None})
         self.device = self.engine.device
         self.optimizer_steps = 0
-        self._shared: SharedWeights | None = None  # rank 0's weight-sync file, made on first use
-        self._shared_failed = False
+        self.sender = WeightSender(self.device, cfg.trainer.cpu_threads)  # used on rank 0
+        # Frozen and equal to model_path's weights: not checkpointed, rebuilt from the path on resume.
+        self.reference = (TrainerReference(cfg, plan, model_path, self.ds_config, self.device)
+                          if plan.reference_in_trainer and self.hosts_reference else None)
 
     def _load_model(self, path: str):
         """Subclasses (critic, reward-model training) load a different head on the same backbone."""
@@ -151,6 +159,11 @@ class TrainerWorker:
         outs = [response_logprobs(self.engine, m.to(self.device), self.cfg.rollout.temperature).cpu()
                 for m in batch.chunk_by_size(mb)]
         return Batch(tensors={"old_logp": torch.cat(outs)})
+
+    def ref_log_probs(self, batch: Batch) -> Batch:
+        """Reference log-probs ref_logp_BR of this rank's shard (reference.placement=trainer; collective)."""
+        faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
+        return self.reference.log_probs(batch)
 
     def _normaliser(self, mb: Batch) -> float:
         """The loss normaliser over the *global* minibatch, so that micro-batches and ranks add up."""
@@ -255,43 +268,59 @@ class TrainerWorker:
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
-    @torch.no_grad()
-    def export_weights(self, bucket_bytes: int = BUCKET_BYTES, shared: bool = False) -> list[dict] | None:
-        """Full weights, bucket by bucket (collective). Rank 0 returns [{"tensors": [(name, cpu_tensor)],
-        "checksums": {...}}], or with `shared` [{"shared": handle, "checksums": {...}}]: the weights
-        written into one shared-memory file that same-host rollout workers read in place (falls
-        back to buckets when /dev/shm has no room).  Other ranks return None."""
+    def _full_buckets(self, bucket_bytes: int = BUCKET_BYTES):
+        """(names, tensors) of the full parameters, bucket by bucket (collective under ZeRO-3: every
+        rank gathers; the tensors are only valid inside the iteration, on rank 0)."""
         named = list(self.module.named_parameters())
-        full_shape = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in named}
-        sizes = [(n, math.prod(full_shape[n]) * p.element_size()) for n, p in named]
+        sizes = [(n, math.prod(self._full_shape(p)) * p.element_size()) for n, p in named]
         params = dict(named)
-        store = self._shared_store([(n, full_shape[n], p.dtype) for n, p in named]) if shared and self.rank == 0 else None
-        buckets, sums = [], {}
         for names in bucketize(sizes, bucket_bytes):
             group = [params[n] for n in names]
             with self._gathered(group):
-                if self.rank != 0:
-                    continue
-                if store is not None:
-                    for n in names:
-                        store.views[n].copy_(params[n].detach())
-                    sums.update(checksum([(n, store.views[n]) for n in names]))
-                else:
-                    tensors = [(n, params[n].detach().to("cpu", copy=True)) for n in names]
-                    buckets.append({"tensors": tensors, "checksums": checksum(tensors)})
-        if store is not None:
-            buckets = [{"shared": store.handle(), "checksums": sums}]
-        self._last_checksums = [b["checksums"] for b in buckets]
-        return buckets if self.rank == 0 else None
+                yield [(n, params[n]) for n in names]
 
-    def _shared_store(self, layout: list) -> SharedWeights | None:
-        if self._shared is None and not self._shared_failed:
-            try:
-                self._shared = SharedWeights(layout)
-            except OSError as e:
-                self._shared_failed = True
-                log.warning("weight sync through /dev/shm unavailable (%s): sending Ray objects instead", e)
-        return self._shared
+    @staticmethod
+    def _full_shape(p) -> tuple:
+        return tuple(getattr(p, "ds_shape", p.shape))
+
+    def sync_layout(self, bucket_bytes: int = BUCKET_BYTES) -> list[list[tuple[str, tuple, str]]]:
+        """The buckets a sync sends, as (name, full shape, dtype) rows: what receivers allocate."""
+        named = list(self.module.named_parameters())
+        sizes = [(n, math.prod(self._full_shape(p)) * p.element_size()) for n, p in named]
+        params = dict(named)
+        return [[(n, self._full_shape(params[n]), dtype_name(params[n].dtype)) for n in b]
+                for b in bucketize(sizes, bucket_bytes)]
+
+    def node_ip(self) -> str:
+        import ray
+
+        return ray.util.get_node_ip_address()
+
+    def open_sync_group(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0: the weight-sync group's store on this node; returns (address, port)."""
+        host = self.node_ip()
+        return host, self.sender.open_group(host, timeout_s)
+
+    def join_sync_group(self, world: int, names: dict[int, str], timeout_s: float) -> None:
+        self.sender.join_group(world, names, timeout_s)
+
+    @torch.no_grad()
+    def export_weights(self, methods: list[str], bucket_bytes: int = BUCKET_BYTES) -> dict | None:
+        """Send the full weights through every transport in `methods` (collective: all ranks
+        gather, rank 0 sends).  Rank 0 returns what receivers need (shared-memory handle, Ray
+        object buckets, IPC handles) and the checksums of what it sent; other ranks None."""
+        if self.rank == 0:
+            layout = [(n, self._full_shape(p), p.dtype) for n, p in self.module.named_parameters()]
+            self.sender.begin(layout, set(methods))
+        try:
+            for named in self._full_buckets(bucket_bytes):
+                if self.rank == 0:
+                    self.sender.bucket(named)
+        except BaseException:
+            if self.rank == 0:
+                self.sender.abort()
+            raise
+        return self.sender.finish() if self.rank == 0 else None
 
     @torch.no_grad()
     def gathered_checksums(self) -> dict:
@@ -302,18 +331,16 @@ class TrainerWorker:
                 out.update(checksum([(n, p)]))
         return out
 
-    def last_checksums(self) -> list[dict]:
-        """Checksums of the buckets the last export_weights sent (rank 0)."""
-        return self._last_checksums
-
     def save_hf(self, path: str, tokenizer_path: str) -> str | None:
         """Export a Hugging Face checkpoint (collective; rank 0 writes)."""
-        buckets = self.export_weights()
+        state = {}
+        for named in self._full_buckets():
+            if self.rank == 0:
+                state.update((n, t.detach().to("cpu", copy=True).contiguous()) for n, t in named)
         if self.rank != 0:
             return None
         from transformers import AutoTokenizer
 
-        state = {n: t.contiguous() for b in buckets for n, t in b["tensors"]}
         tmp = path.rstrip("/") + ".tmp"
         self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
@@ -348,10 +375,11 @@ class TrainerWorker:
     def is_compiled(self) -> bool:
         return bool(getattr(self.engine, "is_compiled", False))
 
-    def shard_info(self) -> dict:
-        """Per-parameter local partition sizes: shows how ZeRO-3 split the model across ranks."""
+    def shard_info(self, reference: bool = False) -> dict:
+        """Per-parameter (local, full) sizes of the policy's (or the in-trainer reference's)
+        partition on this rank: shows how ZeRO-3 split the model across ranks."""
         info = {}
-        for n, p in self.module.named_parameters():
+        for n, p in (self.reference.module if reference else self.module).named_parameters():
             local = p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
             full = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
             info[n] = (local, full)

@@ -2,7 +2,7 @@
 each advertising its own custom resource, and the up-front "not enough resources" error."""
 import pytest
 
-from tests.conftest import read_summary, run_main
+from tests.conftest import read_metrics, read_summary, run_main
 
 pytestmark = pytest.mark.e2e
 
@@ -10,24 +10,43 @@ SMALL = ["recipe=grpo_tiny", "model.path=tiny:base", "trainer.total_steps=2", "d
          "algorithm.group_size=4", "data.max_test_rows=16", "tracking.progress_bar=false"]
 
 
-def test_trainer_and_rollout_land_on_different_nodes(tmp_path):
+def test_trainer_ranks_on_two_nodes_engines_on_a_third_match_one_node(tmp_path):
+    """Two ZeRO-3 trainer ranks on two nodes (rendezvous at rank 0's node), two rollout engines on a
+    third fed by the gloo broadcast, the reference inside the trainer group: three steps whose
+    losses equal the same job's on one node within 1e-5."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
-    cluster.add_node(num_cpus=1, resources={"node_b": 1})
+    args = [*(a for a in SMALL if not a.startswith("trainer.total_steps")), "trainer.total_steps=3", "eval.before=false", "eval.after=false", "checkpoint.save_hf=false",
+            "trainer.world_size=2", "rollout.num_workers=2", "rollout.sync_method=broadcast",
+            "reference.placement=trainer", "algorithm.kl_coef=0.05",
+            "reward.fns=[{fn:'reward_fns/math.py:compute_score',weight:1.0},"
+            "{fn:'examples/custom_reward.py:concise_number',weight:1.0}]"]
+    one = tmp_path / "one_node"
+    proc = run_main([*args, f"run_dir={one}"])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1, "trainer_slot": 1}})
+    cluster.add_node(num_cpus=1, resources={"node_b": 1, "trainer_slot": 1})
+    cluster.add_node(num_cpus=1, resources={"node_c": 1})
     cluster.wait_for_nodes()
     try:
-        run_dir = tmp_path / "run"
-        proc = run_main([*SMALL, f"ray.address={cluster.address}", f"run_dir={run_dir}",
-                         "+resources.role_resources={trainer:{node_a:0.1},rollout:{node_b:0.1},reference:{node_b:0.1}}"])
+        run_dir = tmp_path / "three_nodes"
+        proc = run_main([*args, f"ray.address={cluster.address}", f"run_dir={run_dir}", "+resources.role_nodes={trainer:2}",
+                         "+resources.role_resources={trainer:{trainer_slot:1.0},rollout:{node_c:0.1}}"])
         assert proc.returncode == 0, proc.stderr[-5000:]
-        where = read_summary(run_dir)["placement"]
-        assert [p["resources"] for p in where["trainer"]] == [["node_a"]]
-        assert [p["resources"] for p in where["rollout"]] == [["node_b"]]
-        assert where["trainer"][0]["node_id"] != where["rollout"][0]["node_id"]
-        assert read_summary(run_dir)["final_metrics"]["sync/checksum_ok"] == 1.0  # weights crossed nodes
     finally:
         cluster.shutdown()
+    where = read_summary(run_dir)["placement"]
+    assert sorted(r for p in where["trainer"] for r in p["resources"] if r.startswith("node_")) == ["node_a", "node_b"]
+    assert [r for p in where["rollout"] for r in p["resources"] if r.startswith("node_")] == ["node_c", "node_c"]
+    assert "reference" not in where
+    got = [m for m in read_metrics(run_dir) if "reward/mean" in m]
+    want = [m for m in read_metrics(one) if "reward/mean" in m]
+    assert [m["step"] for m in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        assert g["sync/broadcast"] == 1.0 and g["sync/ranks_verified"] == 2.0
+        for k in ("actor/pg_loss", "actor/kl", "actor/kl_loss", "reward/mean", "actor/grad_norm"):
+            assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-5), (g["step"], k)
 
 
 def test_not_enough_resources_fails_before_any_actor(tmp_path):

@@ -46,6 +46,7 @@ def test_ppo_tiny_learns_and_value_loss_falls(tmp_path):
     from tests.conftest import read_metrics
 
     run_dir = tmp_path / "run"
-    _run_recipe_and_check_gain("ppo_tiny", run_dir)
+    s = _run_recipe_and_check_gain("ppo_tiny", run_dir)
+    assert s["wall_time_s"] <= 600, s["wall_time_s"]  # the acceptance: within 10 minutes
     vf = [m["critic/value_loss"] for m in read_metrics(run_dir) if "critic/value_loss" in m]
     assert sum(vf[-10:]) / 10 < sum(vf[:10]) / 10, "the critic's value loss did not fall"

@@ -1,12 +1,14 @@
-"""rlengine/weight_sync.py: checksums, the sent/received comparison, bucketing and shared memory."""
+"""rlengine/weight_sync/verify.py and shm.py: checksums, the sent/received comparison, the engine's
+(shard-aware) check, bucketing and shared memory."""
 import os
 import zlib
 
 import pytest
 import torch
 
-from rlengine.weight_sync import (SharedWeights, SyncReport, boot_id, bucketize, checksum, compare, compare_engine,
-                                  open_shared, tensor_checksum)
+from rlengine.weight_sync import (SharedWeights, SyncReport, boot_id, bucketize, check_shards, checksum, compare,
+                                  engine_check, open_shared, tensor_checksum)
+from rlengine.weight_sync.verify import device_hash
 
 
 # ---------------------------------------------------------------- checksums
@@ -15,7 +17,7 @@ def test_tensor_checksum_is_the_crc_of_the_bytes():
     t = torch.tensor([1.0, 2.0, 3.0])
     # float32 little-endian: 1.0 = 00 00 80 3f, 2.0 = 00 00 00 40, 3.0 = 00 00 40 40
     raw = bytes.fromhex("0000803f" "00000040" "00004040")
-    assert tensor_checksum(t) == (zlib.crc32(raw), 12)
+    assert tensor_checksum(t) == ("crc32", zlib.crc32(raw), 12)
     assert tensor_checksum(torch.tensor([[1.0, 2.0], [3.0, 4.0]]).t()) == tensor_checksum(
         torch.tensor([[1.0, 3.0], [2.0, 4.0]]))  # non-contiguous input: the logical order counts
 
@@ -40,7 +42,7 @@ def test_checksum_sees_permutation_transpose_row_swap_and_dtype():
     assert tensor_checksum(torch.tensor([1.0, 2.0, 3.0])) != tensor_checksum(torch.tensor([3.0, 2.0, 1.0]))
     # the bytes are what travel: a bf16 tensor and its float32 copy are different payloads
     b = torch.tensor([0.5, -1.25, 3.0], dtype=torch.bfloat16)
-    assert tensor_checksum(b)[1] == 6 and tensor_checksum(b) != tensor_checksum(b.float())
+    assert tensor_checksum(b)[2] == 6 and tensor_checksum(b) != tensor_checksum(b.float())
 
 
 def test_checksum_of_named_tensors_threads_or_not():
@@ -112,13 +114,45 @@ def test_bucketize_keeps_every_name_once():
         assert len(b) == 1 or sum(by[n] for n in b) <= 200
 
 
-def test_compare_engine_maps_stacked_tensors_and_skips_unknown():
-    given = {"l.q_proj.bias": torch.tensor([0.5, 0.5]), "l.k_proj.bias": torch.tensor([2.0]),
-             "l.v_proj.bias": torch.tensor([1.0, 2.0]), "norm.weight": torch.tensor([4.0])}
+def test_device_hash_by_hand_and_sensitivity():
+    # bytes 01 00 00 00 | 02 00 00 00 | 03 (zero-padded): words 1, 2, 3 with weights 1, 2, 3
+    x = torch.tensor([1, 0, 0, 0, 2, 0, 0, 0, 3], dtype=torch.uint8)
+    assert device_hash(x) == 1 * 1 + 2 * 2 + 3 * 3
+    big = torch.tensor([0xFF] * 8, dtype=torch.uint8)  # two words of 2**32 - 1: unsigned, not -1
+    assert device_hash(big) == (2**32 - 1) * 1 + (2**32 - 1) * 2
+    torch.manual_seed(0)
+    t = torch.randn(1000)
+    u = t.clone()
+    u[[3, 700]] = u[[700, 3]]
+    assert tensor_checksum(t, "dev64") != tensor_checksum(u, "dev64")
+    assert tensor_checksum(t, "dev64") == tensor_checksum(t.clone(), "dev64")
+    assert tensor_checksum(t, "dev64")[0] == "dev64" and tensor_checksum(t)[0] == "crc32"
+
+
+def test_engine_check_stacked_replicated_and_shards():
+    # received: HF name -> (float64 sum, numel)
+    got = {"l.q_proj.bias": (1.0, 2), "l.k_proj.bias": (2.0, 1), "l.v_proj.bias": (3.0, 2), "norm.weight": (4.0, 1),
+           "embed.weight": (10.0, 6)}
     packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"]}
-    # The engine's stacked qkv bias must sum to 1 + 2 + 3; rotary caches have no HF counterpart.
-    assert compare_engine(given, {"l.qkv_proj.bias": 6.0, "norm.weight": 4.0, "rotary.cos": 9.0}, packed) == (2, [])
-    assert compare_engine(given, {"l.qkv_proj.bias": 6.5, "norm.weight": 4.0}, packed) == (2, ["l.qkv_proj.bias"])
+    # Whole tensors (a stacked qkv of 5 = 2+1+2 elements, a norm, an embedding padded to 8 rows of
+    # zeros) must sum to their parts; rotary caches have no counterpart; a 3-of-6 shard waits.
+    engine = {"l.qkv_proj.bias": (6.0, 5), "norm.weight": (4.0, 1), "embed.weight": (10.0, 8), "rotary.cos": (9.0, 4)}
+    assert engine_check(got, engine, packed) == {"verified": 3, "bad": [], "shards": {}}
+    out = engine_check(got, {"l.qkv_proj.bias": (6.5, 5), "embed.weight": (4.0, 3)}, packed)
+    assert out["verified"] == 1 and out["bad"] == ["l.qkv_proj.bias"]
+    assert out["shards"] == {"embed.weight": (4.0, 3, 10.0, 6, False)}
+
+
+def test_check_shards_adds_up_ranks_and_skips_what_sums_cannot_check():
+    # embed: 6 elements over two ranks of 4 (2 zero-padding rows): 4 + 6 = 10
+    ok = [{"embed": (4.0, 4, 10.0, 6, False)}, {"embed": (6.0, 4, 10.0, 6, False)}]
+    assert check_shards(ok) == (1, [])
+    bad = [{"embed": (4.0, 4, 10.0, 6, False)}, {"embed": (6.5, 4, 10.0, 6, False)}]
+    assert check_shards(bad) == (1, ["embed"])
+    # a stacked qkv whose shards repeat key/value heads (3 + 3 > 5) is not checkable by sums
+    assert check_shards([{"qkv": (4.0, 3, 6.0, 5, True)}, {"qkv": (4.0, 3, 6.0, 5, True)}]) == (0, [])
+    # a tensor one rank does not report is not checked
+    assert check_shards([{"embed": (4.0, 4, 10.0, 6, False)}, {}]) == (0, [])
 
 
 # ---------------------------------------------------------------- shared memory

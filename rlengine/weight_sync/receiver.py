@@ -1,0 +1,113 @@
+"""The rollout side of a weight sync, run inside every vLLM worker (each tensor-parallel rank)
+through `LLM.collective_rpc`: these functions take the vLLM worker as their first argument and
+are pickled by reference, so the worker process imports this module.
+
+Each rank receives the full tensors (from shared memory, Ray objects, the process group or CUDA
+IPC), checksums each as it arrives, streams them into vLLM's own loader (which keeps this rank's
+shard), and then reports on what it holds: the checksums of what arrived and the float64 sums of
+its readable engine tensors against the tensors they were loaded from.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from rlengine import faults
+from rlengine.weight_sync.broadcast import SyncGroup, flat_buffers
+from rlengine.weight_sync.shm import open_shared
+from rlengine.weight_sync.verify import engine_check, tensor_checksum
+
+
+def tp_rank(worker) -> int:
+    from vllm.distributed import get_tensor_model_parallel_rank
+
+    return get_tensor_model_parallel_rank()
+
+
+def _device(worker) -> torch.device:
+    return torch.device(getattr(worker.model_runner, "device", "cpu"))
+
+
+def join(worker, host: str, port: int, base_rank: int, world: int, timeout_s: float, my_host: str,
+         layout: list, engine: int, step: int) -> int:
+    """Join the weight-sync group as rank base_rank + this worker's TP rank."""
+    rank = base_rank + tp_rank(worker)
+    if faults.armed("sync_join", step) and engine == 0 and tp_rank(worker) == 0:
+        time.sleep(10 * timeout_s)  # a member that never joins (fault rehearsal)
+    worker._rlengine_group = SyncGroup(host, port, rank, world, _device(worker), timeout_s, {}, my_host=my_host)
+    worker._rlengine_layout = [[(n, tuple(s), getattr(torch, d)) for n, s, d in b] for b in layout]
+    return rank
+
+
+def _arrivals(worker, spec: dict):
+    """(name, full tensor) as the transport delivers them."""
+    method = spec["method"]
+    if method == "shm":
+        named = open_shared(spec["payload"]["shm"])
+        if named is None:
+            raise FileNotFoundError("shared-memory weights not reachable from this process")
+        yield from named
+    elif method == "object_store":
+        for b in spec["payload"]["buckets"]:
+            yield from b["tensors"]
+    elif method == "broadcast":
+        group: SyncGroup = worker._rlengine_group
+        for bucket in worker._rlengine_layout:
+            flats, views = flat_buffers(bucket, _device(worker))
+            group.broadcast(list(flats.values()))
+            yield from views
+    elif method == "cuda_ipc":
+        from rlengine.weight_sync.cuda_ipc import open_handle
+
+        for bucket, handles in zip(worker._rlengine_layout, spec["payload"]["ipc"]):
+            flats = {getattr(torch, d): open_handle(h, _device(worker)) for d, h in handles.items()}
+            offsets = dict.fromkeys(flats, 0)
+            for name, shape, dtype in bucket:
+                n = torch.Size(shape).numel()
+                yield name, flats[dtype][offsets[dtype]:offsets[dtype] + n].view(shape)
+                offsets[dtype] += n
+    else:
+        raise ValueError(f"unknown weight-sync method {method!r}")
+
+
+def _readable(model) -> tuple[dict[str, torch.Tensor], dict]:
+    packed = dict(getattr(model, "packed_modules_mapping", {}) or {})
+    # The CPU build leaves repacked linear weights as empty tensors: nothing to read back there.
+    return {n: p for n, p in model.named_parameters() if p.numel() > 0}, packed
+
+
+def _wanted(names, packed) -> set[str]:
+    from rlengine.weight_sync.verify import _parts
+
+    return {p for n in names for p in _parts(n, packed)}
+
+
+def receive(worker, spec: dict) -> dict:
+    """Receive, checksum, load and verify one sync on this rank."""
+    engine, rank, step = spec["engine"], tp_rank(worker), spec.get("step")
+    model = worker.model_runner.model
+    wanted = _wanted(_readable(model)[0], _readable(model)[1])
+    sums: dict[str, tuple[float, int]] = {}
+    checks: dict[str, tuple] = {}
+    n_bytes = [0]
+
+    def stream():
+        for i, (name, t) in enumerate(_arrivals(worker, spec)):
+            if i == 1:
+                faults.maybe_kill("sync", step, engine + rank)
+            t = faults.maybe_corrupt(engine, rank, step, name, t)
+            checks[name] = tensor_checksum(t)
+            n_bytes[0] += t.numel() * t.element_size()
+            if name in wanted:
+                sums[name] = (float(t.detach().double().sum()), t.numel())
+            yield name, t
+
+    t0 = time.perf_counter()
+    worker.model_runner.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+    load_s = time.perf_counter() - t0
+    held, packed = _readable(worker.model_runner.model)
+    engine_sums = {n: (float(p.detach().double().sum()), p.numel()) for n, p in held.items()}
+    report = engine_check(sums, engine_sums, packed)
+    return {"rank": rank, "pid": os.getpid(), "checksums": checks, "bytes": n_bytes[0], "load_s": load_s, **report}
