@@ -66,7 +66,7 @@ def measure(size: str, repeats: int) -> dict:
 
 
 def table(results: dict, bound: dict) -> str:
-    rows = ["| model | transport | s / sync | GB/s | vs in-process copy | vs repack ceiling | of which vLLM reload |",
+    rows = ["| model | transport | s / sync | GB/s | vs in-process copy | vs repack ceiling | engine: receive + reload |",
             "|---|---|---|---|---|---|---|"]
     for size, r in results.items():
         ceiling = bound.get(size, {}).get("onednn", {}).get("repack_bound_vs_memcpy")

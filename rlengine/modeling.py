@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -14,6 +15,20 @@ def set_threads(n: int) -> None:
     """Pin intra-op threads; Ray actors otherwise inherit OMP_NUM_THREADS=1."""
     os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
+
+
+@contextmanager
+def intra_op_threads(n: int | None):
+    """torch's intra-op threads set to `n` for the block (None: unchanged)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool = False):

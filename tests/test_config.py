@@ -454,3 +454,24 @@ def test_reference_in_trainer_has_no_role_of_its_own():
     assert required(specs)["GPU"] == 4 + 4  # the reference's GPU is not requested
     cfg, plan = load_config("ppo_qwen_math", ["reference.placement=trainer"])
     assert {s.name for s in role_specs(cfg, plan)} == {"trainer", "rollout", "critic"}
+
+
+@pytest.mark.parametrize("recipe,overrides,threads", [
+    ("ppo_tiny", [], 1),  # policy and critic update at once: 2 cores split between them
+    ("ppo_tiny", ["trainer.cpu_threads=4"], 2),
+    ("ppo_tiny", ["trainer.cpu_threads=1"], 1),
+    ("grpo_tiny", [], None),  # no critic: the update runs alone, with the role's own threads
+])
+def test_concurrent_updates_split_the_trainer_threads(recipe, overrides, threads):
+    assert load_config(recipe, overrides)[1].update_threads == threads
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["rollout.sync_method=pigeon"], "rollout.sync_method"),
+    (["rollout.sync_method=cuda_ipc"], "rollout.sync_method"),  # needs colocated GPUs
+    (["rollout.sync_timeout_s=0"], "rollout.sync_timeout_s"),
+    (["rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size"),
+])
+def test_bad_sync_settings_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config("grpo_tiny", overrides)

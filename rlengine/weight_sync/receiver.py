@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
 from rlengine import faults
 from rlengine.weight_sync.broadcast import SyncGroup, flat_buffers
 from rlengine.weight_sync.shm import open_shared
-from rlengine.weight_sync.verify import engine_check, tensor_checksum
+from rlengine.weight_sync.verify import engine_check, hf_parts, tensor_checksum
 
 
 def tp_rank(worker) -> int:
@@ -79,33 +80,39 @@ def _readable(model) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _wanted(names, packed) -> set[str]:
-    from rlengine.weight_sync.verify import _parts
-
-    return {p for n in names for p in _parts(n, packed)}
+    """The received tensors whose float64 sums the engine check needs."""
+    return {p for n in names for p in hf_parts(n, packed)}
 
 
 def receive(worker, spec: dict) -> dict:
     """Receive, checksum, load and verify one sync on this rank."""
     engine, rank, step = spec["engine"], tp_rank(worker), spec.get("step")
     model = worker.model_runner.model
-    wanted = _wanted(_readable(model)[0], _readable(model)[1])
+    wanted = _wanted(*_readable(model))
     sums: dict[str, tuple[float, int]] = {}
-    checks: dict[str, tuple] = {}
+    checks: dict[str, Future] = {}
     n_bytes = [0]
+    # Host checksums run beside vLLM's loader (zlib releases the GIL; the loader only reads the
+    # tensors); device checksums are queued on the device anyway.
+    pool = ThreadPoolExecutor(max(1, spec.get("threads", 1)))
 
     def stream():
         for i, (name, t) in enumerate(_arrivals(worker, spec)):
             if i == 1:
                 faults.maybe_kill("sync", step, engine + rank)
             t = faults.maybe_corrupt(engine, rank, step, name, t)
-            checks[name] = tensor_checksum(t)
+            checks[name] = pool.submit(tensor_checksum, t)
             n_bytes[0] += t.numel() * t.element_size()
             if name in wanted:
                 sums[name] = (float(t.detach().double().sum()), t.numel())
             yield name, t
 
     t0 = time.perf_counter()
-    worker.model_runner.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+    try:
+        worker.model_runner.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+        checks = {name: f.result() for name, f in checks.items()}
+    finally:
+        pool.shutdown(wait=True)
     load_s = time.perf_counter() - t0
     held, packed = _readable(worker.model_runner.model)
     engine_sums = {n: (float(p.detach().double().sum()), p.numel()) for n, p in held.items()}

@@ -77,7 +77,7 @@ def compare(sent: dict[str, tuple], received: dict[str, tuple], n_bytes: int) ->
                       mismatched=tuple(bad), missing=missing)
 
 
-def _parts(name: str, packed: dict[str, list[str]]) -> list[str]:
+def hf_parts(name: str, packed: dict[str, list[str]]) -> list[str]:
     """The HF tensors behind an engine tensor: vLLM stacks some (qkv_proj = q|k|v_proj)."""
     for stacked, pieces in packed.items():
         if f".{stacked}." in f".{name}":
@@ -97,7 +97,7 @@ def engine_check(received: dict[str, tuple[float, int]], engine: dict[str, tuple
     skipped; the CPU build's repacked linear weights are empty and never reach here."""
     verified, bad, shards = 0, [], {}
     for name, (value, numel) in engine.items():
-        parts = _parts(name, packed)
+        parts = hf_parts(name, packed)
         if not all(p in received for p in parts):
             continue
         expected = sum(received[p][0] for p in parts)

@@ -10,7 +10,7 @@ import torch
 from rlengine.algos import losses as L
 from rlengine.modeling import DTYPES
 from rlengine.protocol import Batch
-from rlengine.workers.trainer import TrainerWorker, length_bucketed
+from rlengine.workers.trainer import TrainerWorker, concurrent_update, length_bucketed
 
 
 def response_values(model, batch) -> torch.Tensor:
@@ -43,6 +43,7 @@ class CriticWorker(TrainerWorker):
                 for m in batch.chunk_by_size(self.plan.micro_batch_size)]
         return Batch(tensors={"values": torch.cat(outs)})
 
+    @concurrent_update
     def update_critic(self, batch: Batch) -> dict:
         """Clipped value loss against the GAE returns; same epochs/minibatches as the policy."""
         a = self.cfg.algorithm

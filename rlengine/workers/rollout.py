@@ -133,7 +133,7 @@ class RolloutWorker:
         on what it holds; sharded tensors are checked here, over the ranks' shards.
         {"fallback": True} when the trainer's shared memory is not reachable from this host or
         process namespace: the caller sends this engine Ray objects instead."""
-        spec = {**spec, "engine": self.rank, "payload": payload}
+        spec = {**spec, "engine": self.rank, "payload": payload, "threads": self.cfg.rollout.cpu_threads}
         if spec["method"] == "shm" and receiver.open_shared(spec["payload"]["shm"]) is None:
             return {"fallback": True}
         if spec["method"] == "object_store" and self.cfg.rollout.tensor_parallel_size > 1:

@@ -6,6 +6,7 @@ parameters is collective under ZeRO-3: the WorkerGroup calls it on all ranks at 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ from rlengine.checkpoint import capture_rng, restore_rng
 from rlengine.algos import losses as L
 from rlengine.config import Plan, RootConfig
 from rlengine.data import trim_padding
-from rlengine.modeling import DTYPES, load_causal_lm, response_logprobs, set_threads
+from rlengine.modeling import DTYPES, intra_op_threads, load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
 from rlengine.weight_sync.sender import WeightSender, dtype_name
 from rlengine.weight_sync.verify import BUCKET_BYTES, bucketize, checksum
@@ -85,6 +86,15 @@ def length_bucketed(mb: Batch, size: int, device: torch.device | str = "cpu", co
                 if k in m:
                     torch._dynamo.maybe_mark_dynamic(m[k], 1)
     return micros
+
+
+def concurrent_update(fn):
+    """An update that runs beside another role's (policy and critic): Plan.update_threads."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        with intra_op_threads(self.plan.update_threads):
+            return fn(self, *args, **kwargs)
+    return wrapper
 
 
 class TrainerWorker:
@@ -181,6 +191,7 @@ class TrainerWorker:
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         self.engine.step()
 
+    @concurrent_update
     def update_policy(self, batch: Batch) -> dict:
         """ppo_epochs x minibatches optimizer steps on this rank's shard; returns mean metrics.
 

@@ -55,7 +55,7 @@ def test_grpo_tiny_with_two_engines_learns_on_prompts_of_mixed_lengths(tmp_path)
     15 points of held-out accuracy within 10 minutes (the one-time SFT build is not counted).
 
     The prefixes make the task harder than the plain one: 200 steps went 0.122 -> 0.274 (333 s, AMD EPYC,
-    training reward still rising), too close to the bar, so this runs 300."""
+    training reward still rising), too close to the bar, so this runs 300: 0.122 -> 0.466 in 479 s."""
     import subprocess
     import sys
 
