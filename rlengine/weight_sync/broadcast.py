@@ -83,10 +83,15 @@ def flat_buffers(bucket: list[tuple[str, tuple, torch.dtype]], device) -> tuple[
     for _, shape, dtype in bucket:
         sizes[dtype] = sizes.get(dtype, 0) + torch.Size(shape).numel()
     flats = {dt: torch.empty(n, dtype=dt, device=device) for dt, n in sizes.items()}
+    return flats, bucket_views(flats, bucket)
+
+
+def bucket_views(flats: dict, bucket: list[tuple[str, tuple, torch.dtype]]) -> list[tuple[str, torch.Tensor]]:
+    """The bucket's tensors as views of its per-dtype flat buffers, in layout order."""
     offsets = dict.fromkeys(flats, 0)
     views = []
     for name, shape, dtype in bucket:
         n = torch.Size(shape).numel()
         views.append((name, flats[dtype][offsets[dtype]:offsets[dtype] + n].view(shape)))
         offsets[dtype] += n
-    return flats, views
+    return views

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from rlengine import faults
-from rlengine.weight_sync.broadcast import SyncGroup, flat_buffers
+from rlengine.weight_sync.broadcast import SyncGroup, bucket_views, flat_buffers
 from rlengine.weight_sync.shm import open_shared
 from rlengine.weight_sync.verify import engine_check, hf_parts, tensor_checksum
 
@@ -62,13 +62,9 @@ def _arrivals(worker, spec: dict):
     elif method == "cuda_ipc":
         from rlengine.weight_sync.cuda_ipc import open_handle
 
-        for bucket, handles in zip(worker._rlengine_layout, spec["payload"]["ipc"]):
-            flats = {getattr(torch, d): open_handle(h, _device(worker)) for d, h in handles.items()}
-            offsets = dict.fromkeys(flats, 0)
-            for name, shape, dtype in bucket:
-                n = torch.Size(shape).numel()
-                yield name, flats[dtype][offsets[dtype]:offsets[dtype] + n].view(shape)
-                offsets[dtype] += n
+        for bucket in spec["payload"]["ipc"]:
+            flats = {getattr(torch, d): open_handle(h, _device(worker)) for d, h in bucket["handles"].items()}
+            yield from bucket_views(flats, [(n, tuple(s), getattr(torch, d)) for n, s, d in bucket["layout"]])
     else:
         raise ValueError(f"unknown weight-sync method {method!r}")
 

@@ -88,7 +88,8 @@ class WeightSender:
                 from rlengine.weight_sync.cuda_ipc import share
 
                 self._ipc_keep.extend(flats.values())
-                self.ipc.append({dtype_name(dt): share(buf) for dt, buf in flats.items()})
+                self.ipc.append({"layout": [(n, tuple(t.shape), dtype_name(t.dtype)) for n, t in named],
+                                 "handles": {dtype_name(dt): share(buf) for dt, buf in flats.items()}})
 
     def finish(self) -> dict:
         out = {"checksums": self.sums, "methods": sorted(self.methods)}

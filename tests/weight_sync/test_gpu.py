@@ -60,3 +60,21 @@ def test_sender_buckets_on_the_device():
     assert out["checksums"]["dev64"] == checksum(named)  # computed on the GPU
     assert out["checksums"]["crc32"] == checksum([(n, t.cpu()) for n, t in named])  # the host copy in /dev/shm
     assert len(out["ipc"]) == 1 and "shm" in out
+
+
+def test_receiver_reads_the_ipc_buckets_the_sender_made():
+    _needs_cuda()
+    from types import SimpleNamespace
+
+    from rlengine.weight_sync import receiver
+    from rlengine.weight_sync.sender import WeightSender
+    from rlengine.weight_sync.verify import checksum
+
+    named = [("a", torch.randn(64, 32, device="cuda")), ("h", torch.randn(9, device="cuda").bfloat16())]
+    s = WeightSender(torch.device("cuda"))
+    s.begin([(n, tuple(t.shape), t.dtype) for n, t in named], {"cuda_ipc"})
+    s.bucket(named)
+    out = s.finish()
+    worker = SimpleNamespace(model_runner=SimpleNamespace(device=torch.device("cuda", 0)))
+    got = list(receiver._arrivals(worker, {"method": "cuda_ipc", "payload": out}))
+    assert checksum(got) == out["checksums"]["dev64"] == checksum(named)
