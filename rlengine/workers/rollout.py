@@ -147,12 +147,11 @@ class RolloutWorker:
     def _to_local_shm(self, spec: dict) -> dict:
         named = [nt for b in spec["payload"]["buckets"] for nt in b["tensors"]]
         layout = [(n, tuple(t.shape), t.dtype) for n, t in named]
-        if getattr(self, "_shm", None) is None or self._shm.layout_key != layout:
-            self._shm = SharedWeights(layout)
-            self._shm.layout_key = layout
+        if getattr(self, "_shm_layout", None) != layout:
+            self._shm, self._shm_layout = SharedWeights(layout), layout
         for n, t in named:
             self._shm.views[n].copy_(t)
-        return {**spec, "method": "shm", "payload": {"shm": self._shm.handle()}, "via": "object_store"}
+        return {**spec, "method": "shm", "payload": {"shm": self._shm.handle()}}
 
     def shutdown(self) -> None:
         llm = getattr(self, "llm", None)

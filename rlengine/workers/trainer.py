@@ -279,15 +279,18 @@ class TrainerWorker:
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
+    def _buckets(self, bucket_bytes: int) -> tuple[dict, list[list[str]]]:
+        """The parameters by name, and their names grouped into buckets by full (gathered) size."""
+        named = list(self.module.named_parameters())
+        sizes = [(n, math.prod(self._full_shape(p)) * p.element_size()) for n, p in named]
+        return dict(named), bucketize(sizes, bucket_bytes)
+
     def _full_buckets(self, bucket_bytes: int = BUCKET_BYTES):
         """(names, tensors) of the full parameters, bucket by bucket (collective under ZeRO-3: every
         rank gathers; the tensors are only valid inside the iteration, on rank 0)."""
-        named = list(self.module.named_parameters())
-        sizes = [(n, math.prod(self._full_shape(p)) * p.element_size()) for n, p in named]
-        params = dict(named)
-        for names in bucketize(sizes, bucket_bytes):
-            group = [params[n] for n in names]
-            with self._gathered(group):
+        params, buckets = self._buckets(bucket_bytes)
+        for names in buckets:
+            with self._gathered([params[n] for n in names]):
                 yield [(n, params[n]) for n in names]
 
     @staticmethod
@@ -296,11 +299,8 @@ class TrainerWorker:
 
     def sync_layout(self, bucket_bytes: int = BUCKET_BYTES) -> list[list[tuple[str, tuple, str]]]:
         """The buckets a sync sends, as (name, full shape, dtype) rows: what receivers allocate."""
-        named = list(self.module.named_parameters())
-        sizes = [(n, math.prod(self._full_shape(p)) * p.element_size()) for n, p in named]
-        params = dict(named)
-        return [[(n, self._full_shape(params[n]), dtype_name(params[n].dtype)) for n in b]
-                for b in bucketize(sizes, bucket_bytes)]
+        params, buckets = self._buckets(bucket_bytes)
+        return [[(n, self._full_shape(params[n]), dtype_name(params[n].dtype)) for n in b] for b in buckets]
 
     def node_ip(self) -> str:
         import ray
