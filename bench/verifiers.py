@@ -1,9 +1,12 @@
 """Verifier throughput: math answers/s and code test runs/s through the reward manager's process
 pool, at 1 and 2 workers, on a fixed set.
 
-    .venv/bin/python bench/verifiers.py [--math 2000] [--code 40]
+    .venv/bin/python bench/verifiers.py [--math 2000] [--code 40] [--baseline DIR]
 
-Writes bench/results/verifiers.json and prints a markdown table (copied into the README).
+Writes bench/results/verifiers.json and prints a markdown table (copied into the README). With
+`--baseline DIR` (a checkout of the commit to compare with: `git worktree add DIR REF`), that
+checkout's own bench runs first, in the same invocation on the same machine, and the table gets
+the ratio of this tree's throughput to the baseline's.
 """
 from __future__ import annotations
 
@@ -60,22 +63,37 @@ def measure(fn: str, rows: list[tuple], workers: int, per_row_runs: int = 1) -> 
             "mean_score": float(res.scores_N.mean()), "errors": res.errors, "timeouts": res.timeouts}
 
 
+def baseline_run(checkout: Path, n_math: int, n_code: int) -> dict:
+    import subprocess
+
+    script = checkout / "bench" / "verifiers.py"
+    subprocess.run([sys.executable, str(script), "--math", str(n_math), "--code", str(n_code)], cwd=checkout,
+                   check=True, stdout=subprocess.DEVNULL)
+    return json.loads((checkout / "bench" / "results" / "verifiers.json").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--math", type=int, default=2000)
     ap.add_argument("--code", type=int, default=40)
+    ap.add_argument("--baseline", type=Path, default=None, help="checkout of the commit to compare with")
     args = ap.parse_args()
+    base = baseline_run(args.baseline.resolve(), args.math, args.code) if args.baseline else None
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "math": {},
            "code": {}}
     for w in (1, 2):
         out["math"][w] = measure("reward_fns/math.py:compute_score", math_set(args.math), w)
         out["code"][w] = measure("reward_fns/code.py:compute_score", code_set(args.code), w, per_row_runs=3)
+    if base is not None:
+        out["baseline"] = {"checkout": str(args.baseline), **{k: base[k] for k in ("math", "code")}}
     Path(__file__).resolve().parent.joinpath("results", "verifiers.json").write_text(json.dumps(out, indent=2))
-    print("| verifier | workers | throughput | mean score |\n|---|---|---|---|")
+    ratio_col = " | vs baseline" if base else ""
+    print(f"| verifier | workers | throughput | mean score{ratio_col} |\n|---|---|---|---|{'---|' if base else ''}")
     for kind, unit in (("math", "answers/s"), ("code", "test runs/s")):
         for w in (1, 2):
             r = out[kind][w]
-            print(f"| {kind} | {w} | {r['per_s']:.0f} {unit} | {r['mean_score']:.2f} |")
+            ratio = f" | {r['per_s'] / base[kind][str(w)]['per_s']:.2f}x" if base else ""
+            print(f"| {kind} | {w} | {r['per_s']:.0f} {unit} | {r['mean_score']:.2f}{ratio} |")
 
 
 if __name__ == "__main__":

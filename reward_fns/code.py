@@ -11,44 +11,53 @@ Code extraction: the last ```python (or ```py / ```python3) block; else the last
 kind; else the whole response. Text up to a closing </think> is ignored when there is anything after
 it. A final block whose closing fence is missing (the response was cut off) still counts.
 
-Assert-style tests: ONE sandbox run per response. The response's code is executed as module
-`solution` (so an `if __name__ == "__main__":` block with example usage or input() does not run),
-then each test in that module's namespace, each under its own timeout (an interval timer), each
-reporting pass/fail on a private line tagged with a random nonce. A test that produced no report
-(the program exited, crashed, or hit a limit first) counts as failed; so a response that calls
-exit(0) at import time passes nothing. Trade-off, chosen for cost (one interpreter per response
-instead of one per test): tests share the module's state, and a test that ignores its timer
-(e.g. swallows BaseException in a loop) uses up the run's budget for the tests after it. The
-in-process report can be forged by code that deliberately reads the harness (it is in the same
-process): the sandbox protects the machine, not the score, from a determined adversary.
+Assert-style tests: the verdicts are decided where the solution cannot reach (code_remote.py). The
+response's code runs in the sandbox as module `solution` (so an `if __name__ == "__main__":` block
+with example usage or input() does not run) and only answers requests for values; each test's code
+runs in a separate trusted runner process, with the solution's top-level names bound to proxies,
+each test under its own timeout. Values come back as plain data and are compared on the trusted
+side; objects that are not data stay in the solution as handles compared by identity. A solution
+that patches its interpreter, reads its own process, forges output lines or returns an object equal
+to everything can only return values: it never sees a test or an expected value. A test that times
+out or kills the solution fails alone (the solution is loaded again for the next one); a solution
+that exits or fails at import time passes nothing. Tests share the runner's namespace, and the
+solution's state, in order. Costs one more interpreter start (the runner) per response.
 
 Stdin/stdout cases: one sandbox run per case (`python main.py < input`), the response's code as
 __main__. Output matches when the lines are equal after stripping trailing whitespace from each
 line and dropping trailing blank lines. CPU limit = timeout_s per case, wall limit 2x + 1 s.
 
 Score = passed / total, or with all_or_nothing=True 1.0 only when every test passes (and then the
-first failure stops the run). Returns {"score", "passed", "total", "reason"}.
+first failure stops the run). Returns {"score", "passed", "total", "reason"}; the score is in [0, 1]
+whatever the program writes. Any text or bytes in a response get a score: code that is not UTF-8
+text (a lone surrogate) cannot run and scores 0, logged once per process.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import re
-import secrets
+import subprocess
+import sys
 import textwrap
+import threading
+import time
+from pathlib import Path
 
 try:
     from reward_fns import sandbox as _sandbox
 except ImportError:  # loaded by file path from outside the project: use the sandbox beside this file
     import importlib.util
-    import sys
-    from pathlib import Path
 
     _spec = importlib.util.spec_from_file_location("rlengine_reward_fns_sandbox", Path(__file__).with_name("sandbox.py"))
     _sandbox = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = _sandbox
     _spec.loader.exec_module(_sandbox)
 
+log = logging.getLogger(__name__)
+_warned_unencodable: list = []
 DEFAULT_TIMEOUT_S = 5.0
 _PY_LANGS = {"python", "py", "python3", "py3"}
 _FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[ \t]*([^\s`]*)[^\n`]*$")
@@ -109,101 +118,113 @@ def _limits(timeout_s: float, wall_s: float, memory_mb: int, max_output_bytes: i
     return _sandbox.Limits(cpu_s=timeout_s, wall_s=wall_s, memory_mb=memory_mb, max_output_bytes=max_output_bytes)
 
 
-def _describe_failure(r) -> str:
-    if r.timed_out:
-        return "wall-clock timeout"
-    if r.cpu_exceeded:
-        return "CPU time limit"
-    if r.truncated:
-        return "output limit"
-    if r.killed_by_signal:
-        return f"killed by signal {r.killed_by_signal}"
-    last = [line for line in r.stderr.strip().splitlines() if line.strip()]
-    return f"exit {r.returncode}" + (f": {last[-1][:200]}" if last else "")
+_RUNNER_FILE = str(Path(__file__).with_name("code_remote.py"))
+_RUNNER_SLACK_S = 10.0  # sandbox start-ups, one restart's load
+_idle_runners: list = []
+_runners_lock = threading.Lock()
 
 
-_HARNESS = '''\
-import os as _os, signal as _signal, sys as _sys, types as _types
-_NONCE = {nonce!r}
-_CODE = {code!r}
-_TESTS = {tests!r}
-_TIMEOUT = {timeout!r}
-_STOP_ON_FAIL = {stop!r}
-_REPORT = _os.dup(1)
+def _forget_runners_after_fork() -> None:
+    # a forked child (a process pool) must not share its parent's runner pipes
+    global _runners_lock
+    _idle_runners.clear()
+    _runners_lock = threading.Lock()
 
 
-def _emit(*parts):
-    line = "\\n" + " ".join([_NONCE] + [str(p).replace("\\n", " ")[:300] for p in parts]) + "\\n"
-    _os.write(_REPORT, line.encode("utf-8", "replace"))
+os.register_at_fork(after_in_child=_forget_runners_after_fork)
 
 
-class _SandboxTestTimeout(BaseException):
-    pass
+class _Runner:
+    """A test runner process (code_remote.py), reused for one job after another."""
+
+    def __init__(self):
+        import tempfile
+
+        # the runner's sandbox directories live here, so that a runner killed mid-run (or ended by a
+        # test's os._exit) leaves nothing behind: whoever sees it die removes the lot
+        self.tmp = tempfile.mkdtemp(prefix="rlengine-runner-")
+        os.chmod(self.tmp, 0o711)
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", _RUNNER_FILE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env={"PATH": _sandbox._CHILD_PATH, "LANG": "C.UTF-8", "TMPDIR": self.tmp})
+        self.buf = bytearray()
+
+    def run(self, job: dict, timeout: float) -> tuple[list[dict], str | None]:
+        """The job's events, and why they stopped early (None when the runner finished the job)."""
+        import select
+
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:
+            return [], "the test runner is gone"
+        events, deadline, fd = [], time.monotonic() + timeout, self.proc.stdout.fileno()
+        while True:
+            while b"\n" in self.buf:
+                line, _, rest = self.buf.partition(b"\n")
+                self.buf = bytearray(rest)
+                events.append(json.loads(line))
+                if events[-1].get("done"):
+                    return events, None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return events, f"the test runner timed out after {timeout:.0f}s"
+            if select.select([fd], [], [], left)[0]:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return events, "the test runner stopped (a test ended its process)"
+                self.buf += data
+
+    def kill(self) -> None:
+        import shutil
+
+        self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _on_alarm(signum, frame):
-    raise _SandboxTestTimeout("test timed out after %ss" % _TIMEOUT)
-
-
-def _timed(source, name, namespace):
-    _signal.signal(_signal.SIGALRM, _on_alarm)
-    _signal.setitimer(_signal.ITIMER_REAL, _TIMEOUT)
-    try:
-        exec(compile(source, name, "exec"), namespace)
-    finally:
-        _signal.setitimer(_signal.ITIMER_REAL, 0)
-
-
-_solution = _types.ModuleType("solution")
-_solution.__file__ = "solution.py"
-_sys.modules["solution"] = _solution
-try:
-    _timed(_CODE, "solution.py", _solution.__dict__)
-except BaseException as _e:
-    _emit("load", type(_e).__name__ + ": " + str(_e))
-    _os._exit(0)
-_emit("loaded")
-for _i, _test in enumerate(_TESTS):
-    try:
-        _timed(_test, "test_%d" % _i, _solution.__dict__)
-        _emit(_i, "pass")
-    except BaseException as _e:
-        _emit(_i, "fail", type(_e).__name__ + (": " + str(_e) if str(_e) else ""))
-        if _STOP_ON_FAIL:
-            break
-try:
-    _sys.stdout.flush()
-finally:
-    _os._exit(0)
-'''
+def _run_in_runner(job: dict, timeout: float) -> tuple[list[dict], str | None]:
+    with _runners_lock:
+        runner = _idle_runners.pop() if _idle_runners else None
+    if runner is not None and runner.proc.poll() is not None:
+        runner.kill()
+        runner = None
+    runner = runner or _Runner()
+    events, stopped = runner.run(job, timeout)
+    if stopped is None:
+        with _runners_lock:
+            _idle_runners.append(runner)
+    else:
+        runner.kill()
+    return events, stopped
 
 
 def _run_asserts(code: str, tests: list[str], timeout_s: float, stop_on_fail: bool, memory_mb: int,
                  max_output_bytes: int) -> tuple[int, str]:
-    nonce = secrets.token_hex(16)
-    harness = _HARNESS.format(nonce=nonce, code=code, tests=list(tests), timeout=float(timeout_s), stop=stop_on_fail)
-    budget = timeout_s * (len(tests) + 1)
-    r = _sandbox.run(harness, limits=_limits(budget, budget + 1.0 + 0.1 * len(tests), memory_mb, max_output_bytes))
+    """The tests run in a trusted runner process (code_remote.py), the solution in the sandbox."""
+    job = {"code": code, "tests": list(tests), "timeout": float(timeout_s), "stop_on_fail": bool(stop_on_fail),
+           "memory_mb": int(memory_mb), "max_output_bytes": int(max_output_bytes)}
+    events, stopped = _run_in_runner(job, timeout_s * (len(tests) + 1) * 2 + _RUNNER_SLACK_S)
     results: dict[int, tuple[bool, str]] = {}
     load_error = None
-    for line in r.stdout.splitlines():
-        at = line.find(nonce + " ")  # the program's own unterminated output may precede it
-        if at < 0:
-            continue
-        parts = line[at + len(nonce) + 1:].split(" ", 2)
-        if parts[0] == "load":
-            load_error = " ".join(parts[1:])
-        elif parts[0].isdigit() and len(parts) >= 2:
-            results.setdefault(int(parts[0]), (parts[1] == "pass", parts[2] if len(parts) > 2 else ""))
-    passed = sum(ok for ok, _ in results.values())
+    for ev in events:
+        if "load" in ev:
+            load_error = ev["load"]
+        elif "test" in ev and 0 <= ev["test"] < len(tests):
+            results.setdefault(ev["test"], (ev["ok"] is True, str(ev["msg"])))
+        elif "sandbox_error" in ev:
+            raise _sandbox.SandboxError(ev["sandbox_error"])
     if load_error is not None:
         return 0, f"solution failed to load: {load_error}"
+    passed = sum(ok for ok, _ in results.values())
     first_fail = next(((i, msg) for i, (ok, msg) in sorted(results.items()) if not ok), None)
     missing = [i for i in range(len(tests)) if i not in results]
     if first_fail is not None:
         reason = f"test {first_fail[0]} failed: {first_fail[1]}"
-    elif missing:
-        reason = f"test {missing[0]} did not finish ({_describe_failure(r)})"
+    elif missing and not stop_on_fail:
+        reason = f"test {missing[0]} did not finish ({stopped or 'the test runner stopped'})"
     else:
         reason = "all tests passed"
     return passed, reason
@@ -219,7 +240,7 @@ def _run_io(code: str, inputs: list, outputs: list, timeout_s: float, stop_on_fa
             passed += 1
             continue
         if reason is None:
-            reason = f"case {i}: " + ("wrong answer" if r.ok else _describe_failure(r))
+            reason = f"case {i}: " + ("wrong answer" if r.ok else r.failure())
         if stop_on_fail:
             break
     return passed, reason or "all cases passed"
@@ -248,9 +269,18 @@ def compute_score(prompt: str, response: str, ground_truth, all_or_nothing: bool
     total = len(tests) if kind == "asserts" else len(inputs)
     if total == 0:
         raise ValueError("code ground truth has no tests")
-    code = extract_code(response)
+    if isinstance(response, (bytes, bytearray)):
+        response = bytes(response).decode("utf-8", "surrogateescape")
+    code = extract_code(response if isinstance(response, str) else "")
     if not code.strip():
         return {"score": 0.0, "passed": 0, "total": total, "reason": "no code in the response"}
+    try:
+        code.encode("utf-8")
+    except UnicodeEncodeError as e:  # e.g. a lone surrogate: no interpreter takes it as source
+        if not _warned_unencodable:
+            _warned_unencodable.append(True)
+            log.warning("code: a response that is not UTF-8 text scored 0 (%s); further ones are not logged", e)
+        return {"score": 0.0, "passed": 0, "total": total, "reason": f"code is not UTF-8 text: {e.reason}"}
     if kind == "asserts":
         passed, reason = _run_asserts(code, tests, timeout, all_or_nothing, memory_mb, max_output_bytes)
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reward_fns.sandbox import SandboxError, _procs_of_uid, run
-from sandbox_support import LIM, REPO, SLACK_S, needs_root
+from sandbox_support import LIM, REPO, SLACK_S, cgroups_of, needs_root
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")
 
@@ -102,13 +102,14 @@ def test_fallback_without_network_and_mount_namespaces(sleeper):
 
 @needs_root
 def test_read_only_root_without_mount_setattr():
-    """Kernels before 5.12 have no mount_setattr: every mount is remounted read-only one by one."""
+    """Where no new root can be built, the host's / is made read-only instead (weaker: host files
+    stay visible); kernels before 5.12 have no mount_setattr: every mount is remounted one by one."""
     tag = uuid.uuid4().hex
     code = (f"for p in ('/outside_{tag}', '/etc/outside_{tag}', {str(REPO / ('outside_' + tag))!r}):\n    try:\n"
             "        open(p, 'w')\n        print('wrote', p)\n    except OSError as e:\n        print(e.errno)\n"
             "open('/tmp/inside', 'w').write('ok')\nprint(open('/tmp/inside').read())")
-    r = run(code, limits=LIM, _disable=("mount_setattr",))
-    assert "per-mount remount" in r.isolation["fs"]
+    r = run(code, limits=LIM, _disable=("newroot", "mount_setattr"))
+    assert "per-mount remount" in r.isolation["fs"] and "WEAK" in r.isolation["fs"]
     # EROFS everywhere but the scratch tmpfs; a checkout under /tmp is hidden by that tmpfs (ENOENT)
     in_tmp = str(REPO.resolve()).startswith("/tmp/")
     assert r.stdout.split() == ["30", "30", "2" if in_tmp else "30", "ok"]
@@ -143,3 +144,4 @@ def test_caller_interrupted_mid_run_leaves_nothing(monkeypatch):
     assert time.monotonic() - t0 < 0.5 + SLACK_S
     # (orphans of a killed launcher go to init: their zombies may linger until init reaps them)
     assert len(uids) == 1 and _procs_of_uid(uids[0], -1, zombies=False) == [] and os.listdir(tempfile.tempdir) == []
+    assert cgroups_of(uids[0]) == []  # the caller's backstop sweep removed the run's cgroup
