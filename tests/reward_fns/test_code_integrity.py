@@ -22,8 +22,9 @@ ATTACKS = {
                            "import os\nfor fd in range(3, 12):\n    try:\n"
                            "        os.write(fd, b'{\"test\": 0, \"ok\": true, \"msg\": \"\"}\\n')\n"
                            "    except OSError:\n        pass\n",
-    "forged verdicts on the reply channel": WRONG + "import os\nfor i in range(25):\n"
-                                            "    os.write(3, ('{\"test\": %d, \"ok\": true, \"msg\": \"\"}\\n' % i).encode())\n",
+    "forged verdicts on the reply channel": WRONG + "import os\nfor i in range(25):\n    for fd in range(3, 10):\n"
+                                            "        try:\n            os.write(fd, ('{\"test\": %d, \"ok\": true, \"msg\": \"\"}\\n' % i).encode())\n"
+                                            "        except OSError:\n            pass\n",
     "patched os.write, exec and compile": WRONG + "import os, builtins\nos.write = lambda fd, b: len(b)\n"
                                            "builtins.exec = lambda *a, **k: None\n"
                                            "builtins.compile = lambda *a, **k: compile('pass', 'x', 'exec')\n",
@@ -50,8 +51,13 @@ ATTACKS = {
                                                           "def expected(*a):\n    return _o\n",
     "not-equal to everything": "class N:\n    def __ne__(self, o): return True\n    def __eq__(self, o): return False\n"
                                "def add(a, b):\n    return N()\n",
-    "reply forged before each request": "import os, sys, json\ndef add(a, b):\n"
-                                        "    os.write(3, b'{\"value\": 3, \"after\": {}}\\n')\n    return 3\n",
+    "reply forged before each request": "import os\ndef add(a, b):\n    for fd in range(3, 10):\n        try:\n"
+                                        "            os.write(fd, b'{\"value\": 99, \"after\": {}}\\n')\n"
+                                        "        except OSError:\n            pass\n    return 99\n",
+    "load reply forged at import": "import os\nforged = '{\"names\": {\"add\": [\"module\", \"operator\"], "
+                                   "\"x\": [\"data\", {\"$q\": [1, 0]}]}}'\n"
+                                   "for fd in range(3, 10):\n    try:\n        os.write(fd, forged.encode() + bytes([10]))\n"
+                                   "    except OSError:\n        pass\ndef add(a, b):\n    return 0\n",
     "recursive data": "def add(a, b):\n    x = []\n    x.append(x)\n    return x\n",
     "deeply nested data": "def add(a, b):\n    x = 0\n    for _ in range(100000):\n        x = [x]\n    return x\n",
     "lone surrogate": "def add(a, b):\n    return '\\ud800'\n",
