@@ -156,7 +156,7 @@ class _Runtime:
         limits = self.sandbox.Limits(cpu_s=budget, wall_s=budget + 1.0 + 0.1 * n, memory_mb=job["memory_mb"],
                                      max_output_bytes=job["max_output_bytes"])
         self.session = self.sandbox.Session(_SERVER, limits)
-        first = json.dumps({"code": job["code"], "timeout": job["timeout"]}) + "\n"
+        first = ascii({"code": job["code"], "timeout": job["timeout"]}) + "\n"  # (code_server's _literal)
         self.busy = True
         reply = None
         if self.session.send(first.encode("utf-8", "surrogatepass"), timeout=job["timeout"] + 2):
@@ -218,7 +218,7 @@ class _Runtime:
             raise SolutionGone("the solution is not running")
         msg = {"op": op, "ref": target._ref, "args": [self.encode(a) for a in args],
                "kwargs": {str(k): self.encode(v) for k, v in kwargs.items()}}
-        data = (json.dumps(msg) + "\n").encode("utf-8", "surrogatepass")
+        data = (ascii(msg) + "\n").encode()
         self.busy = True
         if not self.session.send(data, timeout=self.job["timeout"] + 1):
             raise SolutionGone("the solution stopped reading (" + self._why() + ")")
