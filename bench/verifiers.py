@@ -6,7 +6,8 @@ pool, at 1 and 2 workers, on a fixed set.
 Writes bench/results/verifiers.json and prints a markdown table (copied into the README). With
 `--baseline DIR` (a checkout of the commit to compare with: `git worktree add DIR REF`), that
 checkout's own bench runs first, in the same invocation on the same machine, and the table gets
-the ratio of this tree's throughput to the baseline's.
+the ratio of this tree's throughput to the baseline's; `--repeat K` alternates the two K times
+and reports medians (a shared 2-core machine varies by tens of percent between runs).
 """
 from __future__ import annotations
 
@@ -72,27 +73,50 @@ def baseline_run(checkout: Path, n_math: int, n_code: int) -> dict:
     return json.loads((checkout / "bench" / "results" / "verifiers.json").read_text())
 
 
+def measure_all(n_math: int, n_code: int) -> dict:
+    out = {"math": {}, "code": {}}
+    for w in (1, 2):
+        out["math"][w] = measure("reward_fns/math.py:compute_score", math_set(n_math), w)
+        out["code"][w] = measure("reward_fns/code.py:compute_score", code_set(n_code), w, per_row_runs=3)
+    return out
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per (verifier, workers): the run with the median throughput."""
+    out = {}
+    for kind in ("math", "code"):
+        out[kind] = {}
+        for w in runs[0][kind]:
+            cells = sorted((r[kind][w] for r in runs), key=lambda c: c["per_s"])
+            out[kind][str(w)] = {**cells[len(cells) // 2], "per_s_all": [c["per_s"] for c in cells]}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--math", type=int, default=2000)
     ap.add_argument("--code", type=int, default=40)
     ap.add_argument("--baseline", type=Path, default=None, help="checkout of the commit to compare with")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate baseline and this tree this many times; "
+                                                          "medians are reported")
     args = ap.parse_args()
-    base = baseline_run(args.baseline.resolve(), args.math, args.code) if args.baseline else None
-    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "math": {},
-           "code": {}}
-    for w in (1, 2):
-        out["math"][w] = measure("reward_fns/math.py:compute_score", math_set(args.math), w)
-        out["code"][w] = measure("reward_fns/code.py:compute_score", code_set(args.code), w, per_row_runs=3)
+    base_runs, runs = [], []
+    for _ in range(max(1, args.repeat)):  # alternated, so that a slow spell of a shared machine hits both
+        if args.baseline:
+            base_runs.append(baseline_run(args.baseline.resolve(), args.math, args.code))
+        runs.append(measure_all(args.math, args.code))
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "repeat": len(runs), **_median_run(runs)}
+    base = _median_run(base_runs) if base_runs else None
     if base is not None:
-        out["baseline"] = {"checkout": str(args.baseline), **{k: base[k] for k in ("math", "code")}}
+        out["baseline"] = {"checkout": str(args.baseline), **base}
     Path(__file__).resolve().parent.joinpath("results", "verifiers.json").write_text(json.dumps(out, indent=2))
     ratio_col = " | vs baseline" if base else ""
     print(f"| verifier | workers | throughput | mean score{ratio_col} |\n|---|---|---|---|{'---|' if base else ''}")
     for kind, unit in (("math", "answers/s"), ("code", "test runs/s")):
-        for w in (1, 2):
+        for w in ("1", "2"):
             r = out[kind][w]
-            ratio = f" | {r['per_s'] / base[kind][str(w)]['per_s']:.2f}x" if base else ""
+            ratio = f" | {r['per_s'] / base[kind][w]['per_s']:.2f}x" if base else ""
             print(f"| {kind} | {w} | {r['per_s']:.0f} {unit} | {r['mean_score']:.2f}{ratio} |")
 
 
