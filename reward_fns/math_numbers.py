@@ -21,7 +21,7 @@ _MATH_WORDS = {"pi", "e", "i", "j", "inf", "infinity", "infty", "sqrt", "log", "
                "mod", "or", "and", "to", "plus", "minus", "times", "over", "divided", "root", "squared", "cubed",
                "not"}
 _SCALE = {"hundred": 10 ** 2, "thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
-_NUMBER_BODY = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
+_NUMBER_BODY = r"(?:[1-9]\d{0,2}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+"
 _NUMBER_RE = re.compile(
     r"^(?P<sign>[-+])?\s*"
     r"(?:(?P<frac>\\frac\{\s*(?P<fn>[-+]?\d+)\s*\}\{\s*(?P<fd>\d+)\s*\}|\\frac(?P<fn2>\d)(?P<fd2>\d))"
@@ -29,6 +29,7 @@ _NUMBER_RE = re.compile(
     r"(?P<sci>\s*[eE](?P<e1>[-+]?\d+)"
     r"|\s*(?:\\times|\\cdot|×|\*|x)\s*10\s*\^\s*(?:\{\s*(?P<e2>[-+]?\d+)\s*\}|(?P<e3>[-+]?\d+)))?"
     r"\s*(?P<pct>\\?%|percent\b|per\s*cent\b)?(?P<unit>.*)$", re.S)
+_MIXED_RE = re.compile(r"([-+]?)\s*(\d+)(?:\s+(\d+)\s*/\s*(\d+)|\s*\\frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\})")
 _UNIT = r"[A-Za-z][A-Za-z.']*(?:\s*\^\s*\{?[23]\}?|[²³])?"  # cm, cm^2, sq.
 _UNIT_TAIL_RE = re.compile(r"^\s*" + _UNIT + r"(?:\s*(?:/|\s|\bper\b)\s*" + _UNIT + r")*\s*$")
 
@@ -65,6 +66,14 @@ def _number_words(s: str) -> str:
 def _parse_number(s: str) -> tuple[Fraction, bool, bool] | None:
     """(value, is_percent, written_as_decimal) for a plain number, possibly with a unit; else None."""
     s = _number_words(_strip_assignment(s))
+    mixed = _MIXED_RE.fullmatch(s.strip())
+    if mixed:  # "4 4/9", "7 \\frac{3}{4}": a whole number and a proper fraction
+        sign, whole = mixed.group(1), int(mixed.group(2))
+        num, den = int(mixed.group(3) or mixed.group(5)), int(mixed.group(4) or mixed.group(6))
+        if not 0 < num < den:
+            return None
+        value = whole + Fraction(num, den)
+        return (-value if sign == "-" else value), False, False
     m = _NUMBER_RE.match(s.strip())
     if not m:
         return None

@@ -3,13 +3,20 @@
 Every expected score below is decided by hand from the rules documented in reward_fns/math.py
 (box wins, last box wins, last "answer is" wins unless corrected right after, percent policy, ...).
 """
+import functools
 import threading
 import time
 
 import pytest
 
 from reward_fns.math import compute_score, extract_answer, gold_answer, is_equivalent, last_boxed
+from reward_fns.math_extract import boxed_parts, strip_chat_tokens, trailing_list
+from reward_fns.math_parts import as_parts, split_top
 from tests.reward_fns.math_cases import CASES  # (id, response, ground_truth, expected score)
+from tests.reward_fns.math_heldout_cases import HELDOUT_CASES  # a second batch, measured before tuning
+from tests.reward_fns.math_peer_cases import PEER_CASES  # (id, source, response, reference, expected)
+
+ALL_PEER_CASES = PEER_CASES + HELDOUT_CASES
 
 
 @pytest.mark.parametrize("response, ground_truth, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -53,6 +60,35 @@ def test_case_table_is_large_and_unique():
     ("from 3-5", "5", "last number"),
     ("it fell to -5", "-5", "last number"),
     ("no numbers at all", None, "none"),
+    # a closing "Final Answer" line after intermediate boxes
+    ("area \\boxed{9}; 6 faces. Final Answer: The final answer is $54$. I hope it is correct.", "54", "final answer"),
+    ("\\boxed{12}. This is the final answer: I am confident.", "12", "boxed"),
+    ("\\boxed{5}. The final answer is boxed above.", "5", "boxed"),
+    # LaTeX stated inline is read as LaTeX, before any last number
+    ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5", "inline math"),
+    ("the ordered pair $(x, y)$ that solves it is $(7, 6)$.", "(7, 6)", "inline math"),
+    ("Let $x$ be the apples; then $3x = 36$ gives 12 apples.", "12", "last number"),
+    # the fallback reads standalone numbers only, and only from a response that commits to one
+    ("The password is AZYUK2A.", None, "none"),
+    ("Water is H2O, and it weighs 10kg", "10", "last number"),
+    ("I'm not sure; maybe it involves 12 steps.", None, "hedged"),
+    ("We cannot determine it from the 3 facts.", None, "hedged"),
+    ("I'm not sure at first, but it gives \\boxed{12}.", "12", "boxed"),
+    # a sentence that ends in the answer; chat tokens end the response
+    ("Final Answer: The largest $n$ is 34.", "34", "answer is"),
+    ("The answer is 42<|im_end|>", "42", "answer is"),
+    ("$\\frac{1}{2}$<|endoftext|>", "\\frac{1}{2}", "whole response"),
+    ("The answers are 9 and 10.", "9 and 10", "answer is"),
+    ("The correct option is (D).", "(D)", "answer is"),
+    # an approximation after the answer is not the answer
+    ("So the probability is $\\dfrac{5}{36}$, which is about 0.139.", "\\dfrac{5}{36}", "inline math"),
+    ("Therefore it is 5/36, or about 0.139.", "5/36", "last number"),
+    ("This equals $\\sqrt{2}$ (approximately 1.414).", "\\sqrt{2}", "inline math"),
+    ("It takes 45 minutes, about 0.75 hours.", "45", "last number"),
+    ("There are 3 apples and about 4 pears.", "4", "last number"),
+    # a percent sign or a ratio / time stays with the last number
+    ("The probability is 0.25 or 25%.", "25%", "last number"),
+    ("So the ratio is 3:2.", "3:2", "last number"), ("It starts at 10:30.", "10:30", "last number"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 20 else None)
 def test_extract_answer(response, answer, how):
     assert extract_answer(response) == (answer, how)
@@ -75,20 +111,131 @@ def test_last_boxed():
     assert last_boxed("\\boxed{\\{1,2\\}}") == "\\{1,2\\}"
 
 
+def test_boxed_parts():
+    assert boxed_parts("So $x = \\boxed{2}$ and $y = \\boxed{3}$.") == ["2", "3"]
+    assert boxed_parts("(a) mean \\boxed{12}.\n(b) median \\boxed{10}.") == ["12", "10"]
+    # boxes far apart, or in separate paragraphs, are steps and an answer, not parts of one answer
+    assert boxed_parts("\\boxed{200}" + " so far." * 20 + " \\boxed{255}") == ["255"]
+    assert boxed_parts("\\boxed{3}\n\nThus \\boxed{12}") == ["12"]
+    assert boxed_parts("<think>\\boxed{1}</think> \\boxed{2}") == ["2"]
+    assert boxed_parts("\\boxed{\\boxed{9}}") == ["\\boxed{9}"]
+    assert boxed_parts("no box") == [] and boxed_parts("\\boxed{1} \\boxed{2") == []
+
+
+def test_strip_chat_tokens():
+    assert strip_chat_tokens("The answer is 42<|im_end|>") == "The answer is 42"
+    assert strip_chat_tokens("<|im_start|>assistant\n\\boxed{7}<|im_end|>\n<|endoftext|>") == "\\boxed{7}"
+    # what follows an end-of-turn token is a hallucinated next turn, not the answer
+    assert strip_chat_tokens("is 5/3. <|im_start|>user Solve... \\boxed{8}") == "is 5/3. "
+    assert strip_chat_tokens("x = 5</s>") == "x = 5"
+    assert strip_chat_tokens("18<\uff5cend\u2581of\u2581sentence\uff5c>") == "18"
+    assert strip_chat_tokens("a <|reserved_1|> b") == "a   b"
+
+
+def test_split_and_parts():
+    assert split_top("19, 46, and 82") == ["19", "46", "82"]
+    assert split_top("3 or 5") == ["3", "5"]
+    assert split_top("1,000") == ["1,000"]  # a thousands separator, not a list
+    assert split_top("(1, 2), [3, 4)") == ["(1, 2)", "[3, 4)"]
+    assert split_top("\\begin{pmatrix} 1, 2 \\end{pmatrix}") == ["\\begin{pmatrix} 1, 2 \\end{pmatrix}"]
+    assert as_parts("1 \\pm \\sqrt{19}") == ("list", ["1 + \\sqrt{19}", "1 - \\sqrt{19}"])
+    assert as_parts("\\{1, 2\\}") == ("set", ["1", "2"])
+    assert as_parts("(2, 3)") == ("tuple", ["2", "3"])
+    assert as_parts("(1,2) \\cup (3,4)")[0] == "single"
+    assert as_parts("(0, 1)") == ("tuple", ["0", "1"]) and as_parts("7")[0] == "single"
+
+
+def test_trailing_list():
+    assert trailing_list("Since $ab = 12$, the numbers are 3 and 4.") == ["3", "4"]
+    assert trailing_list("so the solutions are $x=2$ and $x=-5$.") == ["x=2", "x=-5"]
+    assert trailing_list("Adding 5 and 7 gives 12.") == [] and trailing_list("x is 3.5.") == []
+    # against a multi-part reference the list replaces the last number; against one part it does not
+    assert compute_score("q", "Since $ab = 12$, the numbers are 3 and 4.", "3, 4")["score"] == 1.0
+    assert compute_score("q", "Since $ab = 12$, the numbers are 3 and 5.", "3, 4")["score"] == 0.0
+    assert compute_score("q", "The sequence is 2, 4, 8, 16.", "16")["score"] == 1.0
+
+
 def test_gold_answer():
     assert gold_answer("Natalia sold 48/2 = 24 clips in May.\n#### 72") == "72"
     assert gold_answer("so the answer is $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
     assert gold_answer(" 15 ") == "15"
     assert gold_answer(42) == "42"
+    assert gold_answer("$\\boxed{1}\\boxed{2}$") == "1, 2"  # adjacent boxes: one two-part answer
+    assert gold_answer("first $\\boxed{3}$.\n\nSo the total is $\\boxed{12}$.") == "12"
 
 
 @pytest.mark.parametrize("a, b, expected", [
     ("1,000", "1000", True), ("0.50", "1/2", True), ("50%", "0.5", True), ("50%", "50", True),
     ("0.5", "50", False), ("2x+2", "2(x+1)", True), ("x=5", "5", True), ("5 cm", "5", True),
     ("\\{1,2,3\\}", "{3,2,1}", True), ("(1,2]", "(1,2)", False), ("", "5", False),
+    # multi-part: a set unless one side is a tuple; a missing or extra part is wrong
+    ("2, 3", "3, 2", True), ("2, 3", "(3, 2)", False), ("x = 2, y = 3", "(2, 3)", True),
+    ("1728", "1331 and 1728", False), ("5, 6", "5", False), ("\\pm 2", "\\{-2, 2\\}", True),
+    ("1 + \\sqrt{19}, 1 - \\sqrt{19}", "1 \\pm \\sqrt{19}", True),
+    ("1000,99", "1000.99", True), ("0,111", "0.111", True), ("-2,1", "1, -2", True),
+    # MATH-style thousands, mixed numbers, ordinals
+    ("32,\\! 349", "32349", True), ("32, 349", "32349", False), ("14 {, }916", "14916", True),
+    ("4 4/9", "40/9", True), ("4 4/9", "4", False), ("7 \\frac{3}{4}", "7.75", True), ("12^{\\text{th}}", "12", True),
+    # exact numbers must agree exactly, not to math-verify's 6 decimal places
+    ("\\frac{1}{2^{98}}", "\\frac{1}{2^{99}}", False), ("\\frac{1}{2006!}", "\\frac{1}{2004!}", False),
+    ("1 + \\frac{1}{\\mathrm{e}}", "1 - \\frac{1}{\\mathrm{e}}", False), ("2^{-10}", "\\frac{1}{1024}", True),
+    ("\\sqrt{50}", "5\\sqrt{2}", True), ("0.866025", "\\frac{\\sqrt{3}}{2}", True),
+    ("0.866", "\\frac{\\sqrt{3}}{2}", False),
+    # repeating decimals are exact; "i" is the imaginary unit; Python powers; degrees are not radians
+    ("0.\\overline{3}", "\\frac{1}{3}", True), ("0.1\\overline{6}", "1/6", True), ("0.\\overline{36}", "4/11", True),
+    ("0.\\overline{3}", "0.33", False), ("e^{i\\pi}", "-1", True), ("(1+i)^2", "2i", True), ("3-4i", "3+4i", False),
+    ("3s^2", "3*s**2", True), ("2**10", "1024", True), ("\\frac{\\pi}{4}", "45^\\circ", False), ("45^\\circ", "45", True),
+    # an answer that is an equation is compared by its last side too; a value does not answer an equation
+    ("P = \\frac{3}{8} = 37.5\\%", "\\frac{3}{8}", True), ("f(2) = 5", "5", True), ("0", "a + 3z = 0", False),
+    ("y = 3x + 2", "y = 2x + 3", False),
+    # a choice letter with its option's text
+    ("(A) 3", "A", True), ("B. 7", "B", True), ("(A) 3", "B", False),
 ])
 def test_is_equivalent(a, b, expected):
     assert is_equivalent(a, b) is expected
+
+
+# ---------------------------------------------------------------- peers' cases: our rate, math-verify's rate
+
+@functools.lru_cache(maxsize=None)
+def _peer_verdicts():
+    return {c[0]: compute_score("q", c[2], c[3])["score"] == 1.0 for c in ALL_PEER_CASES}
+
+
+@functools.lru_cache(maxsize=None)
+def _math_verify_verdicts():
+    """math-verify alone, as the issue measured it: verify(parse("$" + reference + "$"), parse(response))."""
+    from math_verify import parse, verify
+
+    def mv(response, reference):
+        try:
+            return bool(verify(parse("$" + reference + "$"), parse(response)))
+        except Exception:
+            return False
+
+    return {c[0]: mv(c[2], c[3]) for c in ALL_PEER_CASES}
+
+
+def test_peer_case_set_is_large_unique_and_sourced():
+    assert len(PEER_CASES) >= 240 and len(HELDOUT_CASES) >= 80
+    assert len({c[0] for c in ALL_PEER_CASES}) == len(ALL_PEER_CASES)
+    assert all(c[1] and isinstance(c[4], bool) for c in ALL_PEER_CASES)
+    for cases in (PEER_CASES, HELDOUT_CASES):
+        assert sum(1 for c in cases if c[4]) >= len(cases) // 3 and sum(1 for c in cases if not c[4]) >= len(cases) // 6
+
+
+@pytest.mark.parametrize("cases", [PEER_CASES, HELDOUT_CASES, ALL_PEER_CASES], ids=["first", "held-out", "all"])
+def test_peer_cases_rate(cases):
+    """At least 97% right on the peers' cases (issue 17), on each batch and on both together."""
+    wrong = [c[0] for c in cases if _peer_verdicts()[c[0]] != c[4]]
+    assert len(wrong) <= 0.03 * len(cases), wrong
+
+
+@pytest.mark.parametrize("cases", [PEER_CASES, HELDOUT_CASES, ALL_PEER_CASES], ids=["first", "held-out", "all"])
+def test_peer_cases_beat_math_verify_alone(cases):
+    ours = sum(_peer_verdicts()[c[0]] == c[4] for c in cases)
+    theirs = sum(_math_verify_verdicts()[c[0]] == c[4] for c in cases)
+    assert ours > theirs, (ours, theirs, len(cases))
 
 
 # ---------------------------------------------------------------- robustness
