@@ -7,10 +7,11 @@ import re
 from reward_fns.math_numbers import _parse_number
 
 # A number as written in prose: "1,234.5", "42", "-3", ".5", "3/4" (the fallback keeps the fraction),
-# "2,74" (a decimal comma: two digits after it), with a percent sign ("25%") or a ratio / time ("3:2",
-# "10:30") kept.  No sign after a word character or bracket, so "3-5" gives 5, not -5.
+# "2,74" (a decimal comma: two digits after it), thousands in LaTeX spacing ("32,\\! 349", "1{,}000"),
+# with a percent sign ("25%") or a ratio / time ("3:2", "10:30") kept.  No sign after a word
+# character or bracket, so "3-5" gives 5, not -5.
 _NUM = (r"(?<![\d,(\[])\d+,\d{2}(?![\d,])|"  # a decimal comma, "2,74 $"
-        r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?![\d])|\d+)(?:\.\d+)?"
+        r"(?:(?<![\w)\]}.])[-+−])?(?:\d{1,3}(?:(?:,|\{,\}|,\\![ ]?|\\,)\d{3})+(?![\d])|\d+)(?:\.\d+)?"
         r"(?:[eE][-+]?\d+\b|[ \t]*(?:×|\\times|\\cdot|x|\*)[ \t]*10[ \t]*\^[ \t]*\{?[-+]?\d+\}?)?"
         r"(?:/\d+|:\d+(?!\d|\.\d))?(?:[ \t]?\\?%)?|(?<![\w.])[-+]?\.\d+(?:[ \t]?\\?%)?")
 _NUM_RE = re.compile(_NUM)

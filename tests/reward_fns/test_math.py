@@ -423,3 +423,9 @@ def test_a_hanging_comparison_is_a_manager_timeout():
         m.close()
     assert (r.errors, r.timeouts) == (0, 1)
     assert elapsed < 10
+
+
+@pytest.mark.parametrize("response, gold", [("The total is 32,\\! 349.", "32349"), ("It costs 1{,}000 dollars", "1000"),
+                                            ("we get 1\\,000 km", "1000")])
+def test_last_number_reads_latex_thousands_in_prose(response, gold):
+    assert compute_score("", response, gold)["score"] == 1.0
