@@ -95,8 +95,10 @@ class _Remote:
 
     def __iter__(self):
         it = self._ask("iter")
+        if not isinstance(it, _Remote):  # iter() gives an iterator object, never data: a forged reply
+            raise SolutionError("iter() of a solution object gave no iterator")
         while True:
-            item = self._rt.request(it, "next", (), {}) if isinstance(it, _Remote) else next(it)
+            item = self._rt.request(it, "next", (), {})
             if item is _STOP:
                 return
             yield item

@@ -143,6 +143,14 @@ class _Group:
     def close(self) -> None:
         os.close(self.parent_fd)
 
+    def discard(self) -> None:
+        """rmdir where possible (a group still busy stays), then close: the end of every group."""
+        try:
+            self.rmdir()
+        except OSError:
+            pass
+        self.close()
+
 
 class RunCgroup:
     def __init__(self, version: int, groups: dict[str, _Group], desc: str):
@@ -208,11 +216,7 @@ class RunCgroup:
             return cls(1, groups, "cgroup v1: " + ", ".join(parts))
         except OSError:
             for g in {g.path: g for g in groups.values()}.values():
-                try:
-                    g.rmdir()
-                except OSError:
-                    pass
-                g.close()
+                g.discard()
             raise
 
     @classmethod
@@ -259,11 +263,7 @@ class RunCgroup:
             if g.has("cgroup.kill"):
                 parts.append("cgroup.kill")
         except OSError:
-            try:
-                g.rmdir()
-            except OSError:
-                pass
-            g.close()
+            g.discard()
             raise
         return cls(2, {"memory": g, "pids": g}, "cgroup v2: " + ", ".join(parts))
 
@@ -312,27 +312,29 @@ class RunCgroup:
             for g in groups:
                 killed = g.empty(freezer) or killed
         for g in groups:
-            try:
-                g.rmdir()
-            except OSError:
-                pass
-            g.close()
+            g.discard()
         return killed
+
+
+def _run_parents() -> list[str]:
+    """The directory where this process's runs get their groups, in each mounted hierarchy."""
+    try:
+        mounts, own = _mounts(), _own_paths()
+    except OSError:
+        return []
+    parents = []
+    for fstype, root, point, opts in mounts:
+        ctrls = [c for c in _CONTROLLERS_V1 if c in opts] if fstype == "cgroup" else [""]
+        if ctrls:
+            parents.append(_dir_for(root, point, own.get(ctrls[0], "/")))
+    return parents
 
 
 def sweep_stale(prefix: str, hold) -> int:
     """Remove groups `<prefix><uid>` left by killed launchers: those whose uid `hold(uid)` can take
     (it returns a handle to close when done, or None while a run holds that uid). Returns how many."""
     removed = 0
-    try:
-        mounts, own = _mounts(), _own_paths()
-    except OSError:
-        return 0
-    for fstype, root, point, opts in mounts:
-        ctrls = [c for c in _CONTROLLERS_V1 if c in opts] if fstype == "cgroup" else [""]
-        if not ctrls:
-            continue
-        parent = _dir_for(root, point, own.get(ctrls[0], "/"))
+    for parent in _run_parents():
         try:
             names = [n for n in os.listdir(parent) if n.startswith(prefix) and n[len(prefix):].isdigit()]
         except OSError:
@@ -358,21 +360,13 @@ def sweep_stale(prefix: str, hold) -> int:
 
 def sweep(name: str) -> None:
     """The caller's backstop after a killed launcher: empty and remove that run's groups, if any."""
-    try:
-        mounts, own = _mounts(), _own_paths()
-    except OSError:
-        return
-    for fstype, root, point, opts in mounts:
-        ctrls = [c for c in _CONTROLLERS_V1 if c in opts] if fstype == "cgroup" else [""]
-        if not ctrls:
-            continue
-        parent = _dir_for(root, point, own.get(ctrls[0], "/"))
+    for parent in _run_parents():
         if not os.path.isdir(f"{parent}/{name}"):
             continue
         g = _Group(parent, name)
         try:
             g.empty(None)
-            g.rmdir()
         except OSError:
-            pass
-        g.close()
+            g.close()  # not emptied: a busy rmdir would only spin
+            continue
+        g.discard()
