@@ -1,6 +1,6 @@
 """Loss and gradient-norm parity, rlengine vs TRL, on one frozen batch (before any timing).
 
-rlengine side: the real TrainerWorker (DeepSpeed ZeRO-3, one rank, no Ray) running update_policy
+rlengine side: the real TrainerWorker (DeepSpeed ZeRO-3, one rank, no Ray) running update
 with the old log-probs taken from the update's forward pass (what a single-update GRPO step does).
 TRL side: GRPOTrainer.compute_loss on the same rows, then the gradient norm of the same weights.
 Both: token-mean (TRL loss_type="dapo"), beta 0, one iteration, clip 0.2, temperature 1.
@@ -32,7 +32,7 @@ def frozen_batch(tok, prompts: list[str], G: int, T: int, seed: int = 0):
     """Prompt x G rows with random response tokens (no EOS) of uneven lengths in [T/2, T], and
     fixed group-normalised advantages."""
     from rlengine.algos.advantages import get_advantage
-    from rlengine.data import pack_sequences
+    from rlengine.layout import pack_sequences
 
     g = torch.Generator().manual_seed(seed)
     specials = set(tok.all_special_ids)
@@ -67,7 +67,7 @@ def rlengine_side(model_dir: str, t: dict, adv_N, micro: int, zero_stage: int = 
     w = TrainerWorker(cfg, plan, model_dir, 0, 1, "127.0.0.1", free_port())
     batch = Batch(tensors={**t, "advantages": adv_N[:, None] * t["response_mask"]})
     logp = w.log_probs(batch)["old_logp"]
-    m = w.update_policy(batch.update(rollout_logp=logp))
+    m = w.update(batch.update(rollout_logp=logp))
     return {"loss": m["actor/pg_loss"], "grad_norm": m["actor/grad_norm"]}, plan.zero_stage
 
 

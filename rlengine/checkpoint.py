@@ -5,7 +5,7 @@ A checkpoint is written under `.tmp_step_NNNNNN`, every file is fsynced, a `mani
 is replaced after that.  So a directory named `step_*` with a manifest that matches its files
 is complete, and a crash at any point leaves the previous checkpoint the newest complete one.
 
-Contents (see job.save_checkpoint): `trainer/` and `critic/` (DeepSpeed engine state per rank:
+Contents (see resume.save): `trainer/` and `critic/` (DeepSpeed engine state per rank:
 ZeRO-3 model/optimizer partitions, scheduler, per-rank RNG), `driver_state.json` (step, data
 position, KL controller, fault counters, shape), `driver_rng.pt`, `metrics.jsonl` (history up to
 this step), `model_config/` (HF config + tokenizer, for `python -m rlengine.export`), and `hf/`

@@ -11,22 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from rlengine.algos.advantages import ADVANTAGES
-
-SEQUENCE_ALGOS = ("grpo", "dr_grpo", "rloo", "reinforce_pp")
-ALGORITHMS = (*SEQUENCE_ALGOS, "ppo", "sft", "rm")
-STAGES = ("sft", "rm")  # supervised stages: no sampling, no advantages
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; `key` is the dotted path at fault."""
-
-    def __init__(self, key: str, message: str, where: str | None = None):
-        self.key = key
-        self.where = where
-        loc = f" ({where})" if where else ""
-        super().__init__(f"config key '{key}'{loc}: {message}")
-
+from rlengine.errors import ConfigError
+from rlengine.stages import get_stage, stage_names
 
 class _Frozen:
     """Config nodes are immutable once `freeze` has run (after validation).
@@ -82,6 +68,7 @@ class DataConfig(_Frozen):
     # The dataset's configuration (subset) for hub names and local HF datasets with several, e.g.
     # `main` for openai/gsm8k; null: the only one (or the default) there is.
     config_name: Optional[str] = None
+    test_config_name: Optional[str] = None  # the held-out dataset's, when it differs; null: config_name
     prompt_key: str = "prompt"
     answer_key: str = "answer"
     prompts_per_step: int = 16
@@ -93,12 +80,23 @@ class DataConfig(_Frozen):
     # Preference data (algorithm.name=rm): rows {prompt, chosen, rejected}.
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
-    bad_rows: str = "error"  # error | skip: a preference row with a missing field or chosen == rejected
+    bad_rows: str = "error"  # error | skip: a preference or chat row that cannot be used
+    # SFT rows (algorithm.name=sft, sft.format): conversations under messages_key (OpenAI
+    # `messages`, or ShareGPT `conversations` with from/value), alpaca {instruction, input, output},
+    # or {prompt_key, response_key}.
+    messages_key: str = "messages"
+    response_key: str = "response"
 
 
 @dataclass
 class AlgorithmConfig(_Frozen):
-    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | ppo | sft | rm
+    # A stage (rlengine/stages: sft, rm, dpo, ppo, ...) or a registered advantage estimator (the
+    # GRPO family: grpo, dr_grpo, rloo, reinforce_pp, ...).
+    name: str = "grpo"
+    # Modules or .py files imported first (driver and every actor): users' own stages, advantage
+    # estimators and losses register themselves there.
+    plugins: List[str] = field(default_factory=list)
+    policy_loss: str = "clip"  # a name registered with algos.losses.register_policy_loss: clip | gspo
     group_size: int = 8
     ppo_epochs: int = 1
     minibatches: int = 1  # optimizer steps per ppo epoch
@@ -119,6 +117,13 @@ class AlgorithmConfig(_Frozen):
     kl_ctl: str = "fixed"  # fixed | adaptive (Ziegler et al. 2019): the coefficient of KL in the reward
     kl_target: float = 0.02
     kl_horizon: float = 10000.0
+    # DPO (name=dpo): a loss registered with algos.preference.register_preference_loss: sigmoid (DPO;
+    # with label_smoothing > 0 the conservative/robust cDPO), ipo, hinge (SLiC), simpo (reference-free).
+    dpo_loss: str = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5  # SimPO's target reward margin γ
+    rpo_alpha: float = 0.0  # weight of an SFT (NLL) term on the chosen response (RPO, Pang et al. 2024)
 
 
 @dataclass
@@ -172,6 +177,14 @@ class TrainerConfig(_Frozen):
 
 
 @dataclass
+class DPOConfig(_Frozen):
+    # Reference log-probs of each pair are computed once, by the reference role, and cached for
+    # later epochs over the data (the reference is frozen, so they never change).
+    precompute_reference: bool = True
+    max_length: int = 512  # prompt + response tokens per sequence; longer prompts lose their start
+
+
+@dataclass
 class ReferenceConfig(_Frozen):
     num_workers: int = 1  # actors of the separate reference role
     # separate: a role of its own (num_workers actors, each holding the whole frozen model, on
@@ -217,11 +230,33 @@ class RewardConfig(_Frozen):
 
 
 @dataclass
+class EvalSetConfig(_Frozen):
+    """A further held-out set of {data.prompt_key, data.answer_key} rows, generated greedily and
+    scored like data.test_path; reported as eval/<name>/accuracy."""
+
+    name: str = "heldout"
+    path: str = ""
+    split: str = "test"
+    config_name: Optional[str] = None
+    prompt_key: Optional[str] = None  # null: data.prompt_key
+    answer_key: Optional[str] = None  # null: data.answer_key
+    fn: Optional[str] = None  # null: eval.fn
+    threshold: Optional[float] = None  # null: eval.threshold
+    max_rows: Optional[int] = None
+
+
+@dataclass
 class EvalConfig(_Frozen):
     before: bool = True
     after: bool = True
     every_steps: int = 0  # 0: only before/after
     max_new_tokens: Optional[int] = None  # defaults to rollout.max_new_tokens
+    # The held-out check, declared apart from the reward being optimised: a verifier
+    # ('path/to/file.py:function' or 'package.module.function', called like a reward function) whose
+    # score >= threshold counts as correct.  null: the task's verifier, reward.fns[0].fn.
+    fn: Optional[str] = None
+    threshold: float = 1.0
+    sets: List[EvalSetConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -267,7 +302,8 @@ class ResourcesConfig(_Frozen):
     # that advertise that custom resource.
     role_resources: Dict[str, Dict[str, float]] = field(default_factory=dict)
     # Trainer and rollout share their bundles (devices): rollout worker i sits in trainer rank i's
-    # bundle and each takes half of it. On GPU vLLM sleeps while the trainer runs.
+    # bundle and each takes half of it (the engine keeps its memory while the trainer runs: size
+    # rollout.gpu_memory_utilization to leave the trainer room).
     colocate: bool = False
 
 
@@ -282,6 +318,12 @@ class SFTConfig(_Frozen):
     # Used by algorithm.name=sft: supervised targets are data.answer_key completions.
     eval_every_steps: int = 0
     stop_at_accuracy: Optional[float] = None
+    # auto: per row, conversations / alpaca / prompt+response rendered with the tokenizer's chat
+    # template (loss on assistant tokens only); completion: data.prompt_key + its `completion`
+    # (or " " + data.answer_key), no template: the tiny arithmetic warm start.
+    format: str = "auto"  # auto | chat | completion
+    max_length: int = 512  # tokens per rendered row; longer rows are cut (counted in sft/truncated_frac)
+    packing: bool = False  # pack short rows into sequences of max_length, attention kept within each row
 
 
 @dataclass
@@ -306,6 +348,7 @@ class RootConfig(_Frozen):
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
@@ -315,11 +358,12 @@ class RootConfig(_Frozen):
 class Plan:
     """Values derived from a validated config; computed once, never written back."""
 
-    samples_per_step: int  # prompts_per_step * group_size
+    samples_per_step: int  # prompts_per_step * the stage's sequences per row (group_size, 2 for pairs)
     minibatch_size: int  # samples per optimizer step
     micro_batches_per_minibatch: int  # per rank (DeepSpeed gradient accumulation steps)
     micro_batch_size: int  # per rank
-    use_reference: bool  # reference log-probs are computed (KL in the loss or in the reward)
+    use_rollout: bool  # vLLM engines: the stage samples, or generates to evaluate
+    use_reference: bool  # reference log-probs are computed (KL, or DPO's reference)
     use_critic: bool
     use_reward_model: bool
     advantage: Optional[str]
@@ -356,7 +400,15 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 def validate(cfg: RootConfig) -> Plan:
     """Check cross-field rules; raise ConfigError naming the key. Returns the derived Plan."""
     a, t, r, d = cfg.algorithm, cfg.trainer, cfg.rollout, cfg.data
-    _choice("algorithm.name", a.name, ALGORITHMS)
+    from rlengine.stages import load_plugins
+
+    try:
+        load_plugins(a.plugins)
+    except (ImportError, OSError, SyntaxError) as e:
+        raise ConfigError("algorithm.plugins", f"{type(e).__name__}: {e}") from None
+    _choice("algorithm.name", a.name, tuple(stage_names()))
+    stage = get_stage(a.name)
+    uses = stage.uses(cfg)
     _choice("model.dtype", cfg.model.dtype, ("float32", "bfloat16", "float16"))
     _choice("algorithm.loss_agg", a.loss_agg,
             ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"))
@@ -374,9 +426,9 @@ def validate(cfg: RootConfig) -> Plan:
                                                  "resources.device=cuda and resources.colocate=true")
     _positive("rollout.sync_timeout_s", r.sync_timeout_s)
     _positive("rollout.tensor_parallel_size", r.tensor_parallel_size)
-    if a.name != "ppo" and cfg.critic.model_path is not None:
+    if not uses.critic and cfg.critic.model_path is not None:
         raise ConfigError("critic.model_path", f"algorithm.name={a.name} does not use a critic (only ppo does)")
-    if a.name in STAGES and cfg.reward_model.path is not None:
+    if not stage.scores_samples and cfg.reward_model.path is not None:
         raise ConfigError("reward_model.path", f"algorithm.name={a.name} does not score samples with a reward model")
     if not 0 <= a.lam <= 1 or not 0 <= a.gamma <= 1:
         raise ConfigError("algorithm.lam" if not 0 <= a.lam <= 1 else "algorithm.gamma", "must be in [0, 1]")
@@ -397,10 +449,11 @@ def validate(cfg: RootConfig) -> Plan:
         raise ConfigError("rollout.top_p", f"must be in (0, 1], got {r.top_p}")
     if a.dual_clip is not None and a.dual_clip <= 1:
         raise ConfigError("algorithm.dual_clip", f"the dual-clip constant must be > 1, got {a.dual_clip}")
-    if a.name in ("grpo", "dr_grpo", "rloo") and a.group_size < 2:
-        raise ConfigError("algorithm.group_size",
-                          f"{a.name} normalises rewards within a group of samples per prompt; "
-                          f"group_size must be >= 2, got {a.group_size}")
+    if a.policy_loss == "gspo" and a.dual_clip is not None:
+        raise ConfigError("algorithm.dual_clip", "policy_loss=gspo clips a sequence-level ratio: dual clip does not apply")
+    from rlengine.algos.losses import POLICY_LOSSES
+
+    _choice("algorithm.policy_loss", a.policy_loss, tuple(POLICY_LOSSES))
     if cfg.resources.device == "cpu" and cfg.model.dtype == "float16":
         raise ConfigError("model.dtype", "float16 is not supported on CPU; use float32 or bfloat16")
     if cfg.resources.device == "cuda" and cfg.resources.gpus_per_trainer <= 0:
@@ -414,15 +467,21 @@ def validate(cfg: RootConfig) -> Plan:
     if cfg.resources.colocate and r.num_workers > t.world_size:
         raise ConfigError("resources.colocate", f"colocating {r.num_workers} rollout workers needs as many trainer "
                                                 f"ranks (trainer.world_size={t.world_size})")
-    if not cfg.reward.fns and cfg.reward_model.path is None and a.name not in STAGES:
-        raise ConfigError("reward.fns", "at least one reward function is needed")
+    stage.check(cfg)
+    generates = stage.headline[0] == "eval/accuracy" and (cfg.eval.before or cfg.eval.after)
+    if generates and cfg.eval.fn is None and not cfg.reward.fns:
+        raise ConfigError("eval.fn", "no reward function to borrow as the held-out check: set eval.fn")
+    for i, es in enumerate(cfg.eval.sets):
+        if not es.path:
+            raise ConfigError(f"eval.sets[{i}].path", "an evaluation set needs a path")
+        if es.fn is None and cfg.eval.fn is None and not cfg.reward.fns:
+            raise ConfigError(f"eval.sets[{i}].fn", "no verifier: set eval.sets[i].fn or eval.fn")
     for i, fn in enumerate(cfg.reward.fns):
         if ":" not in fn.fn and "." not in fn.fn:
             raise ConfigError(f"reward.fns[{i}].fn",
                               f"{fn.fn!r} is neither 'path/to/file.py:function' nor 'package.module.function'")
 
-    # A preference pair trains as two sequences; ppo samples group_size responses per prompt too.
-    samples = d.prompts_per_step * {"sft": 1, "rm": 2}.get(a.name, a.group_size)
+    samples = d.prompts_per_step * stage.sequences_per_row(cfg)
     if samples % a.minibatches:
         raise ConfigError("algorithm.minibatches",
                           f"{samples} samples per step do not split into {a.minibatches} minibatches")
@@ -431,32 +490,29 @@ def validate(cfg: RootConfig) -> Plan:
         raise ConfigError("trainer.world_size",
                           f"a minibatch of {minibatch} samples does not split over {t.world_size} ranks")
     per_rank = minibatch // t.world_size
-    if a.name == "rm" and (per_rank % 2 or min(t.micro_batch_size, per_rank) % 2):
+    if stage.sequences_per_row(cfg) == 2 and not stage.online and (per_rank % 2 or min(t.micro_batch_size, per_rank) % 2):
         raise ConfigError("trainer.micro_batch_size", "preference pairs train as two rows: rows per rank "
                           f"({per_rank}) and trainer.micro_batch_size must be even")
     micro = min(t.micro_batch_size, per_rank)
     if per_rank % micro:
         raise ConfigError("trainer.micro_batch_size",
                           f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
-    if a.name not in (*STAGES, "ppo") and a.name not in ADVANTAGES:
-        raise ConfigError("algorithm.name", f"no advantage estimator registered as {a.name!r}")
-    use_reference = a.kl_coef > 0 and a.name not in STAGES
+    use_reference = uses.reference
+    fields = {"advantage": None, "old_logp_in_update": False, "update_threads": None, **stage.plan(cfg)}
     return Plan(
         samples_per_step=samples,
         minibatch_size=minibatch,
         micro_batches_per_minibatch=per_rank // micro,
         micro_batch_size=micro,
+        use_rollout=uses.rollout,
         use_reference=use_reference,
-        use_critic=a.name == "ppo",
-        use_reward_model=cfg.reward_model.path is not None,
-        advantage=None if a.name in STAGES else a.name,
+        use_critic=uses.critic,
+        use_reward_model=uses.reward_model,
         eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
         dtype=cfg.model.dtype,
         zero_stage=2 if t.zero_stage == 3 and t.world_size == 1 else t.zero_stage,
-        old_logp_in_update=(a.ppo_epochs == 1 and a.minibatches == 1 and not a.reuse_rollout_logprobs
-                            and a.name not in STAGES and not (a.kl_coef > 0 and a.kl_in_reward)),
         reference_in_trainer=use_reference and cfg.reference.placement == "trainer",
-        update_threads=max(1, t.cpu_threads // 2) if a.name == "ppo" and cfg.resources.device == "cpu" else None,
+        **fields,
     )
 
 

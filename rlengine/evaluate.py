@@ -1,5 +1,6 @@
-"""Evaluate an exported Hugging Face checkpoint on a held-out split, independently of the run:
-plain transformers greedy decoding (no Ray, no vLLM), scored with the recipe's first reward function.
+"""Held-out evaluation: the declared checks a run scores its greedy answers with (`HeldOut`), and
+a command that evaluates an exported Hugging Face checkpoint independently of the run: plain
+transformers greedy decoding (no Ray, no vLLM), scored with a verifier.
 
     python -m rlengine.evaluate --model RUN_DIR/checkpoints/step_000060/hf [--data tiny:test] \
         [--max-new-tokens 8] [--reward reward_fns/math.py:compute_score]
@@ -8,11 +9,76 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 
 import torch
 
-from rlengine.data import PromptEncoder, load_rows
-from rlengine.rewards import resolve_fn
+from rlengine.data import PromptEncoder, check_rows, load_rows
+from rlengine.rewards import RewardManager, resolve_fn
+
+
+@dataclass
+class HeldOut:
+    """One held-out set and its check: a verifier whose score >= threshold counts as correct,
+    declared by eval.fn / eval.sets, independent of the reward being optimised."""
+
+    name: str  # "" for data.test_path, else the eval.sets entry's name
+    rows: list[dict]
+    fn: str
+    threshold: float
+    kwargs: dict = field(default_factory=dict)
+    timeout_s: float = 10.0
+    _manager: RewardManager | None = None
+
+    @property
+    def suffix(self) -> str:
+        return f"/{self.name}" if self.name else ""
+
+    def describe(self) -> dict:
+        return {"fn": self.fn, "threshold": self.threshold, "n": len(self.rows)}
+
+    def metrics(self, prompts, responses, ground_truths, extras, response_length_N) -> dict:
+        from rlengine.config import RewardConfig, RewardFnConfig
+
+        if self._manager is None:
+            self._manager = RewardManager(RewardConfig(fns=[RewardFnConfig(fn=self.fn, kwargs=dict(self.kwargs))],
+                                                       timeout_s=self.timeout_s))
+        scored = self._manager.score(prompts, responses, ground_truths, extras)
+        s, p = scored.per_fn[0], f"eval{self.suffix}"
+        return {f"{p}/accuracy": float((s >= self.threshold - 1e-6).float().mean()),
+                f"{p}/score_mean": float(s.mean()), f"{p}/response_length": float(response_length_N.mean()),
+                f"{p}/errors": float(scored.errors + scored.timeouts), f"{p}/n": float(len(s))}
+
+    def close(self) -> None:
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+
+def heldout_sets(cfg, test_rows: list[dict] | None) -> list[HeldOut]:
+    """data.test_path's rows (None: the stage evaluates them another way) and every eval.sets entry.
+    eval.fn defaults to the task's verifier, the first reward function (with its kwargs)."""
+    e, d = cfg.eval, cfg.data
+    first = cfg.reward.fns[0] if cfg.reward.fns else None
+    default_fn = e.fn or (first.fn if first else None)
+    default_kwargs = dict(first.kwargs) if first and default_fn == first.fn else {}
+    for key, spec in [("eval.fn", e.fn)] + [(f"eval.sets[{i}].fn", s.fn) for i, s in enumerate(e.sets)]:
+        if spec:
+            resolve_fn(spec, key=key)  # a bad path fails before any actor starts, naming the key
+    out = []
+    if test_rows is not None:
+        out.append(HeldOut("", test_rows, default_fn, e.threshold, default_kwargs, cfg.reward.timeout_s))
+    for i, s in enumerate(e.sets):
+        keys = (s.prompt_key or d.prompt_key, s.answer_key or d.answer_key)
+        rows = load_rows(s.path, s.split, s.config_name)
+        check_rows(rows, keys, f"{s.path} (eval.sets[{i}].path)")
+        # The run's encoder reads data.prompt_key / data.answer_key.
+        rows = [{**r, d.prompt_key: r[keys[0]], d.answer_key: r[keys[1]]} for r in rows]
+        fn = s.fn or default_fn
+        out.append(HeldOut(s.name, rows[:s.max_rows] if s.max_rows else rows, fn,
+                           e.threshold if s.threshold is None else s.threshold,
+                           default_kwargs if fn == default_fn else {}, cfg.reward.timeout_s))
+    return out
 
 
 @torch.no_grad()

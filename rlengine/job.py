@@ -15,9 +15,11 @@ import ray
 from rlengine import checkpoint, faults, resume, tiny
 from rlengine.config import Plan, RootConfig, to_dict
 from rlengine.controller import Controller, Roles
-from rlengine.data import PromptEncoder, PromptLoader, check_preference_rows, check_rows, load_rows
+from rlengine.data import PromptEncoder, PromptLoader
+from rlengine.evaluate import heldout_sets
 from rlengine.placement import alive_nodes, check_resources, describe, release, reserve, role_specs
 from rlengine.rewards import RewardManager
+from rlengine.stages import Stage, get_stage
 from rlengine.tracking import Tracker, setup_logging, write_summary
 from rlengine.workers.group import WorkerGroup, rendezvous
 
@@ -97,16 +99,22 @@ def start_ray(cfg: RootConfig) -> bool:
     return True
 
 
-def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Roles, object]:
+def _import(spec: str):
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]) -> tuple[Roles, object]:
     from rlengine.workers.critic import CriticWorker
     from rlengine.workers.reference import ReferenceWorker
-    from rlengine.workers.reward_model import RewardModelWorker, RewardTrainerWorker
+    from rlengine.workers.reward_model import RewardModelWorker
     from rlengine.workers.rollout import RolloutWorker
-    from rlengine.workers.trainer import TrainerWorker
 
     specs = role_specs(cfg, plan)
     check_resources(specs, ray.cluster_resources(), alive_nodes())
-    colocate = cfg.resources.colocate and cfg.algorithm.name != "rm"
+    colocate = cfg.resources.colocate and plan.use_rollout
     pgs = reserve(specs, colocate_with="trainer" if colocate else None)
     spec = {s.name: s for s in specs}
     env = actor_env()
@@ -126,9 +134,8 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
         return lambda rank: ((cfg, plan, path, rank, ws, host, port), {})
 
     model, tok = paths["model"], paths["tokenizer"]
-    roles = Roles(trainer=group("trainer", RewardTrainerWorker if cfg.algorithm.name == "rm" else TrainerWorker,
-                                ranks(model, "trainer")))
-    if "rollout" in pgs:
+    roles = Roles(trainer=group("trainer", _import(stage.trainer), ranks(model, "trainer")))
+    if plan.use_rollout:
         roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
     if plan.use_reference and not plan.reference_in_trainer:
         roles.reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model, plan.micro_batch_size), {}))
@@ -143,10 +150,10 @@ def build_roles(cfg: RootConfig, plan: Plan, paths: dict[str, str]) -> tuple[Rol
     return roles, pgs
 
 
-def resolve_paths(cfg: RootConfig) -> dict[str, str]:
+def resolve_paths(cfg: RootConfig, plan: Plan) -> dict[str, str]:
     """Local paths for every model the job loads; `tiny:` artefacts that need training are built first."""
     wanted = {"model": cfg.model.path, "tokenizer": cfg.model.tokenizer_path or cfg.model.path}
-    if cfg.algorithm.name == "ppo":
+    if plan.use_critic:
         wanted["critic"] = cfg.critic.model_path or cfg.model.path
     if cfg.reward_model.path:
         wanted["reward_model"] = cfg.reward_model.path
@@ -161,7 +168,7 @@ def build_tiny(name: str, parent: RootConfig) -> None:
     """A trained `tiny:` artefact is missing: run its recipe once (deterministic, cached, file-locked)."""
     from filelock import FileLock
 
-    from rlengine.main import load_config
+    from rlengine.compose import load_config
 
     root = tiny.cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -183,30 +190,21 @@ def run(cfg: RootConfig, plan: Plan) -> dict:
 
 
 def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
+    """Compose (done by the caller), plan, resume decision, data, roles, loop, results."""
     started = time.time()
-    run_dir = resume.choose_run_dir(cfg)
+    stage = get_stage(cfg.algorithm.name)(cfg, plan)
+    # Everything that can be checked without Ray is checked before it starts: the checkpoint to
+    # resume from, reward functions and evaluation checks, data.
+    decision = resume.decide(cfg, plan)
+    run_dir = decision.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir)
-    # Everything that can be checked without Ray is checked before it starts: the checkpoint to
-    # resume from, reward functions, data.
-    ckpt = resume.find_checkpoint(cfg, run_dir)
-    state = resume.check_compatible(cfg, plan, ckpt) if ckpt is not None else None
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     rewards = RewardManager(cfg.reward)
-    d = cfg.data
-    train_rows = load_rows(d.train_path, d.train_split, d.config_name)
-    test_rows = load_rows(d.test_path, d.test_split, d.config_name)
-    if cfg.algorithm.name == "rm":
-        train_rows, skipped = check_preference_rows(train_rows, d, d.train_path)
-        test_rows, skipped_test = check_preference_rows(test_rows, d, d.test_path)
-        if skipped or skipped_test:
-            log.warning("data.bad_rows=skip: dropped %d training and %d test preference rows", skipped, skipped_test)
-    else:
-        check_rows(train_rows, (d.prompt_key, d.answer_key), d.train_path)
-        check_rows(test_rows, (d.prompt_key, d.answer_key), d.test_path)
-    if d.max_test_rows:
-        test_rows = test_rows[:d.max_test_rows]
-    loader = PromptLoader(train_rows, d.prompts_per_step, cfg.seed, d.shuffle)
+    train_rows, test_rows = stage.load_data()
+    test_rows = test_rows[:cfg.data.max_test_rows] if cfg.data.max_test_rows else test_rows
+    heldout = heldout_sets(cfg, stage.heldout_rows(test_rows))
+    loader = PromptLoader(train_rows, cfg.data.prompts_per_step, cfg.seed, cfg.data.shuffle)
     if faults.ENV in os.environ:
         os.environ.setdefault(faults.STATE_ENV, str(run_dir / ".faults"))
     own_ray = start_ray(cfg)
@@ -214,38 +212,33 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
     roles = pgs = tracker = None
     ok = False
     try:
-        paths = resolve_paths(cfg)
-        tok_path = paths["tokenizer"]
+        paths = resolve_paths(cfg, plan)
         setup_logging(run_dir)  # a nested tiny:* build pointed the log elsewhere
         log.info("run %s: models=%s run_dir=%s", cfg.recipe, paths, run_dir)
         from transformers import AutoTokenizer
 
-        encoder = PromptEncoder(AutoTokenizer.from_pretrained(tok_path), d.prompt_key, d.answer_key,
+        d = cfg.data
+        encoder = PromptEncoder(AutoTokenizer.from_pretrained(paths["tokenizer"]), d.prompt_key, d.answer_key,
                                 d.chat_template, d.system_prompt, d.max_prompt_tokens)
         t0 = time.time()
-        roles, pgs = build_roles(cfg, plan, paths)
+        roles, pgs = build_roles(cfg, plan, stage, paths)
         where = describe({g.name: [p["node_id"] for p in g.placement()] for g in roles.all()})
         log.info("roles up in %.1fs; placement: %s", time.time() - t0, where)
-        ctl = Controller(cfg, plan, roles, rewards, encoder, loader, test_rows)
-        start_step, summary = 0, {}
-        if ckpt is not None:
-            resume.restore_files(ckpt, run_dir)
-            start_step = resume.restore(ckpt, state, ctl, roles)
-            summary = dict(state.get("summary", {}))
-            if roles.rollout is not None:
-                ctl.sync_weights()  # the rollout engines start from the initial model
-            log.info("resumed from %s: continuing at step %d of %d", ckpt, start_step + 1, cfg.trainer.total_steps)
-        else:
-            resume.fresh_start(run_dir)
+        ctl = Controller(cfg, plan, stage, roles, rewards, encoder, loader, test_rows, heldout)
+        start_step, carried = resume.begin(decision, ctl, roles)
+        if start_step and roles.rollout is not None:
+            ctl.sync_weights()  # the rollout engines start from the initial model
+            log.info("resumed from %s: continuing at step %d of %d", decision.checkpoint, start_step + 1,
+                     cfg.trainer.total_steps)
         tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg), start_step)
-        if ckpt is not None:
-            tracker.note(f"resumed from {ckpt} (step {start_step})")
-        summary = _loop(cfg, plan, ctl, roles, tracker, run_dir, tok_path, start_step, summary, stop)
+        if start_step:
+            tracker.note(f"resumed from {decision.checkpoint} (step {start_step})")
+        summary = _loop(cfg, plan, stage, ctl, roles, tracker, run_dir, paths["tokenizer"], start_step, carried, stop)
         summary["placement"] = where
         summary["wall_time_s"] = time.time() - started
         write_summary(run_dir, summary)
-        log.info("done: %s", {k: summary[k] for k in ("eval/accuracy_before", "eval/accuracy_after", "steps",
-                                                      "wall_time_s") if k in summary})
+        log.info("done: %s", {k: summary[k] for k in (f"{stage.headline[0]}_before", f"{stage.headline[0]}_after",
+                                                      "steps", "wall_time_s") if k in summary})
         print(f"summary: {run_dir / 'summary.json'}", flush=True)
         ok = True
         return summary
@@ -262,6 +255,8 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
         if tracker is not None:
             tracker.close()
         rewards.close()
+        for held in heldout:
+            held.close()
         if roles is not None:
             for g in roles.all():
                 # Only the rollout engines have something to shut down; the others may be stuck in
@@ -273,47 +268,47 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
             ray.shutdown()
 
 
-def _evaluate(cfg: RootConfig, ctl: Controller) -> tuple[dict, str, float]:
-    """(metrics, headline name, headline value) for the job's kind of evaluation."""
-    if cfg.algorithm.name == "rm":
-        ev = ctl.evaluate_pairs()
-        return ev, "pairwise accuracy", ev["eval/pairwise_accuracy"]
-    if cfg.algorithm.name == "sft":
-        ctl.sync_weights()  # SFT trains without sampling: push the weights only to evaluate
-    ev = ctl.evaluate()
-    return ev, "accuracy", ev["eval/accuracy"]
+def _note_eval(tracker: Tracker, stage: Stage, ev: dict, when: str, summary: dict) -> None:
+    key, name = stage.headline
+    line = f"held-out {name} {when}:{' ' if when == 'after' else ''} {ev[key]:.3f}"
+    if when == "before" and "eval/n" in ev:
+        line += f" (n={int(ev['eval/n'])}{', greedy' if key == 'eval/accuracy' else ''})"
+    if when == "after" and f"{key}_before" in summary:
+        line += f" (before: {summary[f'{key}_before']:.3f})"
+    others = [f"{k.split('/')[1]} {ev[k]:.3f}" for k in stage.summary_keys(stage.cfg)[1:] if k in ev]
+    tracker.note(line + (f"; {', '.join(others)}" if others else ""))
 
 
-def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: Tracker, run_dir: Path,
+def _loop(cfg: RootConfig, plan: Plan, stage: Stage, ctl: Controller, roles: Roles, tracker: Tracker, run_dir: Path,
           tok_path: str, start_step: int, carried: dict, stop: GracefulStop) -> dict:
-    kind = cfg.algorithm.name
-    key = "eval/pairwise_accuracy" if kind == "rm" else "eval/accuracy"
-    step_fn = {"sft": ctl.sft_step, "rm": ctl.rm_step}.get(kind, ctl.rl_step)
-    summary: dict = {"recipe": cfg.recipe, "algorithm": kind, "run_dir": str(run_dir),
-                     "resumed_from_step": start_step or None, "seed": cfg.seed, **carried}
+    keys = stage.summary_keys(cfg)
+    summary: dict = {"recipe": cfg.recipe, "algorithm": cfg.algorithm.name, "run_dir": str(run_dir),
+                     "resumed_from_step": start_step or None, "seed": cfg.seed,
+                     "evaluation": {h.name or "test": h.describe() for h in ctl.heldout}, **carried}
 
     def save(step: int, hf: bool) -> Path:
-        kept = {k: summary[k] for k in (f"{key}_before",) if k in summary}
+        kept = {f"{k}_before": summary[f"{k}_before"] for k in keys if f"{k}_before" in summary}
         return resume.save(cfg, plan, ctl, roles, run_dir, step, tok_path, hf, kept)
 
     if cfg.eval.before and not start_step:
-        ev, name, value = _evaluate(cfg, ctl)
-        summary[f"{key}_before"] = value
-        tracker.note(f"held-out {name} before: {value:.3f} (n={int(ev['eval/n'])}{', greedy' if kind != 'rm' else ''})")
+        ev = ctl.evaluate()
+        summary.update({f"{k}_before": ev[k] for k in keys if k in ev})
+        _note_eval(tracker, stage, ev, "before", summary)
         tracker.log(0, ev, advance=False)
     metrics: dict = {}
     step = saved = start_step
+    every = stage.eval_every()
     for step in range(start_step + 1, cfg.trainer.total_steps + 1):
         if stop.signum is not None:
             step -= 1
             break
-        metrics = step_fn(step)
-        every = cfg.eval.every_steps or (cfg.sft.eval_every_steps if kind in ("sft", "rm") else 0)
+        metrics = ctl.step(step)
         if every and step % every == 0 and step < cfg.trainer.total_steps:
-            metrics.update(_evaluate(cfg, ctl)[0])
+            metrics.update(ctl.evaluate())
         tracker.log(step, metrics)
-        if kind == "sft" and cfg.sft.stop_at_accuracy is not None and metrics.get(key, 0) >= cfg.sft.stop_at_accuracy:
-            log.info("%s %.3f >= sft.stop_at_accuracy: stopping at step %d", key, metrics[key], step)
+        if stage.should_stop(metrics):
+            log.info("%s %.3f >= the stage's target: stopping at step %d", stage.headline[0],
+                     metrics[stage.headline[0]], step)
             break
         if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < cfg.trainer.total_steps:
             save(step, hf=False)
@@ -325,10 +320,10 @@ def _loop(cfg: RootConfig, plan: Plan, ctl: Controller, roles: Roles, tracker: T
                              f"Rerun the same command to resume (resume=auto, run_dir={run_dir}).")
     summary["steps"] = step
     if cfg.eval.after:
-        ev, name, value = _evaluate(cfg, ctl)
-        summary[f"{key}_after"] = value
-        summary[key] = value
-        tracker.note(f"held-out {name} after:  {value:.3f} (before: {summary.get(f'{key}_before', float('nan')):.3f})")
+        ev = ctl.evaluate()
+        summary.update({f"{k}_after": ev[k] for k in keys if k in ev})
+        summary.update({k: ev[k] for k in keys if k in ev})
+        _note_eval(tracker, stage, ev, "after", summary)
         tracker.log(step, ev, advance=False)
         metrics.update(ev)
     summary["faults"] = dict(ctl.faults)

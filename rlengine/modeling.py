@@ -31,6 +31,29 @@ def intra_op_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def forward_logits(model, batch) -> torch.Tensor:
+    """logits_BLV of the layout's input_ids; for a packed batch (`segment_ids`) no row attends to
+    another in its pack.
+
+    transformers builds the block-diagonal causal mask from position_ids that restart per row
+    (masking_utils.find_packed_sequence_indices, sdpa and eager) only when no 2D mask is given, so
+    the 2D mask is dropped: a pack has no left padding (its prompt is one token) and right padding
+    follows every real token, which causal attention never looks at.  Flash attention reads packed
+    position_ids only at batch size 1 (modeling_flash_attention_utils._is_packed_sequence), so there
+    the rows are laid end to end in one.
+    """
+    ids_BL, pos_BL = batch["input_ids"], batch["position_ids"]
+    if "segment_ids" not in batch:
+        return model(input_ids=ids_BL, attention_mask=batch["attention_mask"], position_ids=pos_BL,
+                     use_cache=False).logits
+    impl = getattr(getattr(getattr(model, "module", model), "config", None), "_attn_implementation", "") or ""
+    if impl.startswith("flash"):
+        B, L = ids_BL.shape
+        out = model(input_ids=ids_BL.reshape(1, B * L), position_ids=pos_BL.reshape(1, B * L), use_cache=False)
+        return out.logits.view(B, L, -1)
+    return model(input_ids=ids_BL, attention_mask=None, position_ids=pos_BL, use_cache=False).logits
+
+
 def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool = False):
     """Log-probs of the response tokens under `model`.
 
@@ -41,9 +64,7 @@ def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool
     """
     input_ids_BL = batch["input_ids"]
     P = input_ids_BL.shape[1] - batch["responses"].shape[1]
-    out = model(input_ids=input_ids_BL, attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False)
-    logits_BRV = out.logits[:, P - 1:-1].float()
+    logits_BRV = forward_logits(model, batch)[:, P - 1:-1].float()
     if temperature != 1.0:
         logits_BRV = logits_BRV / temperature
     logp_BR = logprobs_from_logits(logits_BRV, batch["responses"])

@@ -43,8 +43,8 @@ def role_specs(cfg: RootConfig, plan: Plan) -> list[RoleSpec]:
                         dict(r.role_resources.get(name, {})))
 
     roles = [spec("trainer", cfg.trainer.world_size, r.gpus_per_trainer)]
-    # RL samples from the rollout role and SFT evaluates with it; reward-model training needs none.
-    if cfg.algorithm.name != "rm" and not r.colocate:
+    # The stage samples from the rollout role or evaluates with it (Stage.uses).
+    if plan.use_rollout and not r.colocate:
         roles.append(spec("rollout", cfg.rollout.num_workers, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
     if plan.use_reference and not plan.reference_in_trainer:
         roles.append(spec("reference", cfg.reference.num_workers, r.gpus_per_reference))
@@ -83,7 +83,7 @@ def describe_plan(cfg: RootConfig, plan: Plan) -> str:
         extra = f", tensor_parallel_size {cfg.rollout.tensor_parallel_size}" if s.name == "rollout" else ""
         lines.append(f"#   {s.name}: {_n(s.count, 'actor')} x {_fmt(s.bundle())}{extra}, "
                      f"{_n(s.count * s.gpus, 'GPU')}; {strategy}")
-        if r.colocate and s.name == "trainer" and cfg.algorithm.name != "rm":
+        if r.colocate and s.name == "trainer" and plan.use_rollout:
             n = cfg.rollout.num_workers
             half = {k: v / 2 for k, v in s.bundle().items()}
             lines.append(f"#   rollout: {_n(n, 'actor')} colocated (resources.colocate): worker i shares trainer "

@@ -237,27 +237,6 @@ class Batch:
             raise ValueError(f"repeat count must be >= 1, got {n}")
         return self._rows(lambda t: t.repeat_interleave(n, dim=0), lambda v: [x for x in v for _ in range(n)])
 
-    def pad_to_multiple(self, k: int) -> tuple[Batch, int]:
-        """Pad rows to a multiple of ``k`` (e.g. the number of workers) -> (batch, n_pad).
-
-        Padding rows are copies of the first rows (cycled): real inputs keep models
-        away from all-padding edge cases. They are meant for inference calls; drop
-        them from results with ``out.index(slice(0, len(out) - n_pad))``. Do not
-        train on them unless their loss mask is zeroed.
-        """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        n = len(self)
-        n_pad = (-n) % k
-        if n_pad == 0:
-            return self, 0
-        if n == 0:
-            raise ValueError("cannot pad an empty Batch")
-        pad_rows = [i % n for i in range(n_pad)]
-        return Batch.concat([self, self.index(pad_rows)]), n_pad
-
-    # -- pickling (Ray) ------------------------------------------------------------
-
     def __getstate__(self) -> tuple[dict, dict, dict]:
         # torch pickles a view with its whole storage, so a split of a big batch
         # would ship the full batch to every worker. Copy views that don't own

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -158,6 +159,34 @@ def save(cfg: RootConfig, plan: Plan, ctl, roles, run_dir: Path, step: int, tok_
     log.info("checkpoint step %d: %s", step, final)
     faults.maybe_kill("after_checkpoint", step)
     return final
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a job runs and what it continues from, decided before Ray starts."""
+
+    run_dir: Path
+    checkpoint: Path | None  # None: a fresh start
+    state: dict | None  # the checkpoint's driver state, checked against this config
+
+
+def decide(cfg: RootConfig, plan: Plan) -> Decision:
+    """The run directory and the checkpoint to resume (resume=auto|never|PATH), checked to fit
+    this config; a checkpoint that does not fit raises ConfigError naming every difference."""
+    run_dir = choose_run_dir(cfg)
+    ckpt = find_checkpoint(cfg, run_dir)
+    return Decision(run_dir, ckpt, check_compatible(cfg, plan, ckpt) if ckpt is not None else None)
+
+
+def begin(decision: Decision, ctl, roles) -> tuple[int, dict]:
+    """Restore the decided checkpoint into the roles and the driver (or set the run directory up
+    for a fresh start); returns (the step to continue after, the summary carried over)."""
+    if decision.checkpoint is None:
+        fresh_start(decision.run_dir)
+        return 0, {}
+    restore_files(decision.checkpoint, decision.run_dir)
+    step = restore(decision.checkpoint, decision.state, ctl, roles)
+    return step, dict(decision.state.get("summary", {}))
 
 
 def restore_files(ckpt: Path, run_dir: Path) -> None:

@@ -9,6 +9,13 @@ Everything here is deterministic and cached under `$RLENGINE_CACHE` (default
     tiny:rm     a reward model (scalar head) trained by recipe=rm_tiny from tiny:sft
     tiny:train  training prompts (jsonl), tiny:test  the held-out split (disjoint operand pairs)
     tiny:pref_train / tiny:pref_test  preference pairs {prompt, chosen, rejected} on the same splits
+
+The chat world (rlengine/tiny_chat.py, its own tokenizer and model, cached under `chat/`):
+
+    tiny:chat_base  random-initialised ChatML model + tokenizer
+    tiny:chat       tiny:chat_base after instruction SFT by recipe=sft_tiny_chat
+    tiny:chat_train / tiny:chat_test / tiny:chat_math_test  instruction and arithmetic chat data
+    tiny:identity_pref_train / tiny:identity_pref_test / tiny:identity_test  identity DPO and eval
 """
 from __future__ import annotations
 
@@ -148,7 +155,7 @@ def build_base(root: Path | None = None) -> Path:
 
 
 # Trained tiny artefacts: name -> the recipe that builds it (rlengine.job runs it when missing).
-TRAINED = {"sft": "sft_tiny", "rm": "rm_tiny"}
+TRAINED = {"sft": "sft_tiny", "rm": "rm_tiny", "chat": "sft_tiny_chat"}
 
 
 def trained_dir(name: str, root: Path | None = None) -> Path:
@@ -169,6 +176,10 @@ def resolve_path(path: str) -> str:
     name = tiny_name(path)
     if name == "base":
         return str(build_base())
+    if name == "chat_base":
+        from rlengine import tiny_chat
+
+        return str(tiny_chat.build_chat_base())
     if name in TRAINED:
         d = trained_dir(name)
         if not (d / "config.json").exists():
@@ -176,8 +187,13 @@ def resolve_path(path: str) -> str:
         return str(d)
     if name in ("train", "test", "pref_train", "pref_test"):
         return str(build_data() / f"{name}.jsonl")
+    from rlengine import tiny_chat
+
+    if name in tiny_chat.CHAT_DATA:
+        return str(tiny_chat.build_chat_data() / f"{name}.jsonl")
     raise ValueError(f"unknown tiny artefact {path!r}; known: tiny:base, tiny:sft, tiny:rm, tiny:train, "
-                     f"tiny:test, tiny:pref_train, tiny:pref_test")
+                     f"tiny:test, tiny:pref_train, tiny:pref_test, tiny:chat_base, tiny:chat, "
+                     + ", ".join(f"tiny:{n}" for n in tiny_chat.CHAT_DATA))
 
 
 def is_built(name: str) -> bool:

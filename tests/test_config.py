@@ -58,7 +58,7 @@ def test_grpo_tiny_plan_by_hand():
     cfg, plan = load_config("grpo_tiny", [])
     # 32 prompts x 8 samples, 1 minibatch, 1 rank, micro_batch_size 256
     assert plan == Plan(samples_per_step=256, minibatch_size=256, micro_batches_per_minibatch=1,
-                        micro_batch_size=256, use_reference=True, use_critic=False,
+                        micro_batch_size=256, use_rollout=True, use_reference=True, use_critic=False,
                         use_reward_model=False, advantage="grpo",
                         eval_max_new_tokens=8, dtype="float32", old_logp_in_update=True, zero_stage=2)
     assert cfg.model.path == "tiny:sft"
@@ -69,7 +69,7 @@ def test_sft_tiny_plan_by_hand():
     cfg, plan = load_config("sft_tiny", [])
     # sft: one sample per prompt; kl_coef defaults to 0 -> no reference
     assert plan == Plan(samples_per_step=64, minibatch_size=64, micro_batches_per_minibatch=1,
-                        micro_batch_size=64, use_reference=False, use_critic=False,
+                        micro_batch_size=64, use_rollout=True, use_reference=False, use_critic=False,
                         use_reward_model=False, advantage=None,
                         eval_max_new_tokens=8, dtype="float32", zero_stage=2)
     assert cfg.model.path == "tiny:base"

@@ -1,12 +1,13 @@
-"""rlengine/data.py: row loading and checking, the seeded prompt loader, the packed layout."""
+"""rlengine/data.py and rlengine/layout.py: row loading and checking, the seeded prompt loader, the packed layout."""
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from rlengine.data import (DataError, PromptEncoder, PromptLoader, check_rows, concat_rollouts, load_rows,
-                           pack_sequences, prompt_seed, sft_batch)
+from rlengine.data import DataError, PromptEncoder, PromptLoader, check_rows, load_rows, prompt_seed
+from rlengine.layout import concat_rollouts, length_bucketed, pack_sequences, trim_padding
+from rlengine.stages.sft import completion_batch as sft_batch
 from rlengine.protocol import Batch
 
 
@@ -312,7 +313,6 @@ def test_preference_rows_skip_mode_counts_and_error_mode_names_the_line(tmp_path
 
 
 def test_trim_padding_by_hand():
-    from rlengine.data import trim_padding
 
     # prompts [5, 6] and [7]; responses [8] and [9, 10]: P = 2, R = 2 before padding to R = 4
     t = pack_sequences([[5, 6], [7]], [[8], [9, 10]], None, pad_id=0)
@@ -341,7 +341,6 @@ def test_length_bucketed_micro_batches_give_the_same_log_probs():
     from rlengine import tiny
     from rlengine.modeling import load_causal_lm, response_logprobs
     from rlengine.protocol import Batch
-    from rlengine.workers.trainer import length_bucketed
 
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 200, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()

@@ -120,17 +120,6 @@ def test_repeat_interleave():
     assert r["ids"].shape == (6, 3)
 
 
-def test_pad_to_multiple():
-    b = make(5)
-    p, n_pad = b.pad_to_multiple(4)
-    assert n_pad == 3 and len(p) == 8
-    assert p["prompt"] == ["p0", "p1", "p2", "p3", "p4", "p0", "p1", "p2"]
-    assert p["reward"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 0.0, 1.0, 2.0]
-    assert b.pad_to_multiple(5) == (b, 0)
-    q, n = make(2).pad_to_multiple(7)  # padding longer than the batch cycles
-    assert n == 5 and q["prompt"] == ["p0", "p1", "p0", "p1", "p0", "p1", "p0"]
-
-
 def test_to_device():
     c = make().to("cpu")
     assert c["ids"].device.type == "cpu" and c["prompt"] == make()["prompt"]

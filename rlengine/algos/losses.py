@@ -1,4 +1,6 @@
-"""Losses for RL, SFT, reward-model and DPO training: pure tensor functions.
+"""Losses for RL, SFT and critic training: pure tensor functions.
+
+Pairwise preference losses (reward model, DPO family) live in ``preference.py``.
 
 Conventions
 -----------
@@ -19,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 Normaliser = float | int | Tensor | None
@@ -44,7 +45,7 @@ def agg_loss(loss_BT: Tensor, mask_BT: Tensor, mode: str, normaliser: Normaliser
                                 length, not the actual one, so long answers are not
                                 down-weighted)
     "#sequences" counts rows with at least one valid token, so all-padding rows
-    (e.g. from ``Batch.pad_to_multiple``) do not dilute the mean.
+    (e.g. a fully truncated SFT row) do not dilute the mean.
 
     The normaliser is a count over the GLOBAL batch. The defaults use the local
     tensors, which is right only when this call sees the whole batch. When a
@@ -82,11 +83,44 @@ def agg_loss(loss_BT: Tensor, mask_BT: Tensor, mode: str, normaliser: Normaliser
     return total / normaliser
 
 
+PolicyLossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+
+POLICY_LOSSES: dict[str, PolicyLossFn] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLossFn], PolicyLossFn]:
+    """Decorator: add a policy loss to ``POLICY_LOSSES`` under ``name``; a taken name is an error.
+
+    Registered losses share ``policy_loss_clip``'s signature::
+
+        fn(logp_BT, old_logp_BT, adv_BT, mask_BT, *, clip_low, clip_high, dual_clip_c,
+           agg_mode, normaliser) -> (loss, {"clip_frac": ..., "approx_kl": ..., ...})
+    """
+
+    def deco(fn: PolicyLossFn) -> PolicyLossFn:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_policy_loss(name: str) -> PolicyLossFn:
+    """Look up a policy loss by name; the ValueError lists the known names."""
+    try:
+        return POLICY_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy loss {name!r}; known: {sorted(POLICY_LOSSES)}") from None
+
+
+@register_policy_loss("clip")
 def policy_loss_clip(
     logp_BT: Tensor,
     old_logp_BT: Tensor,
     adv_BT: Tensor,
     mask_BT: Tensor,
+    *,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip_c: float | None = None,
@@ -132,9 +166,58 @@ def policy_loss_clip(
     return agg_loss(loss, mask_BT, agg_mode, normaliser), metrics
 
 
-POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
-    "clip": policy_loss_clip,
-}
+@register_policy_loss("gspo")
+def policy_loss_gspo(
+    logp_BT: Tensor,
+    old_logp_BT: Tensor,
+    adv_BT: Tensor,
+    mask_BT: Tensor,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip_c: float | None = None,
+    agg_mode: str = "token-mean",
+    normaliser: Normaliser = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"), GSPO-token form.
+
+    s_b  = exp( sum_t m * (logp - old_logp) / sum_t m )     sequence ratio (pi/pi_old)^(1/|y|)
+    s_bt = sg[s_b] * exp(logp_bt - sg[logp_bt])             value s_b, gradient s_b * grad logp_bt
+    L_bt = max(-A_bt * s_bt, -A_bt * clip(s_bt, 1 - clip_low, 1 + clip_high))
+    then ``agg_loss(L, mask, agg_mode, normaliser)``. sg = stop-gradient.
+    Clipping is decided per sequence: every token of a sequence shares s_b, so
+    the whole sequence is clipped or none of it. With a per-sequence advantage
+    and "seq-mean-token-mean" (the paper's 1/G sum_i 1/|y_i| sum_t; verl forces
+    it for GSPO) this is exactly the paper's sequence-level GSPO objective and
+    gradient; other modes reweight sequences. The paper's clip ranges are tiny
+    (3e-4 / 4e-4) because s_b is a per-token geometric mean.
+    ``dual_clip_c`` is not part of GSPO and must be None.
+
+    Metrics (detached 0-dim tensors, means over valid tokens of this call):
+      clip_frac   fraction of tokens where the clipped term was the max
+      approx_kl   mean(old_logp - logp), the token-level k1 estimate, as for "clip"
+    """
+    if not 0 <= clip_low < 1 or clip_high < 0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if dual_clip_c is not None:
+        raise ValueError(f"gspo has no dual clip; dual_clip_c must be None, got {dual_clip_c}")
+    valid = mask_BT.bool()
+    log_ratio = logp_BT - old_logp_BT
+    # where() so garbage log-probs at padded positions cannot enter the sequence mean.
+    seq_log_ratio_B = torch.where(valid, log_ratio, torch.zeros_like(log_ratio)).sum(-1) / valid.sum(-1).clamp(min=1)
+    # Clamp the value before exp, as for "clip": a stale old_logp must not turn into inf.
+    log_s_BT = logp_BT - logp_BT.detach() + seq_log_ratio_B.detach().clamp(-20.0, 20.0).unsqueeze(-1)
+    s_BT = torch.exp(log_s_BT)
+    loss_unclipped = -adv_BT * s_BT
+    loss_clipped = -adv_BT * s_BT.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(loss_unclipped, loss_clipped)
+    with torch.no_grad():
+        metrics = {
+            "clip_frac": _masked_mean((loss_clipped > loss_unclipped).float(), mask_BT),
+            "approx_kl": _masked_mean(-log_ratio.float(), mask_BT),
+        }
+    return agg_loss(loss, mask_BT, agg_mode, normaliser), metrics
+
 
 _KL_ALIASES = {
     "k1": "k1", "kl": "k1",
@@ -227,57 +310,6 @@ def value_loss_clipped(
     return 0.5 * agg_loss(loss, mask_BT, agg_mode, normaliser), {"vf_clip_frac": clip_frac.detach()}
 
 
-def _mean_over(x_B: Tensor, normaliser: Normaliser) -> Tensor:
-    return x_B.sum() / (x_B.shape[0] if normaliser is None else normaliser)
-
-
-def bradley_terry_loss(
-    r_chosen_B: Tensor, r_rejected_B: Tensor, normaliser: Normaliser = None
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Reward-model pairwise loss (Bradley-Terry; Ouyang et al. 2022): -log sigmoid(r_c - r_r), mean.
-
-    ``normaliser`` (default B) is the global number of pairs when the batch is
-    split into micro-batches. Metrics: ``accuracy`` (r_c > r_r), ``margin`` (mean r_c - r_r).
-    """
-    margin_B = r_chosen_B - r_rejected_B
-    loss = _mean_over(-F.logsigmoid(margin_B), normaliser)
-    with torch.no_grad():
-        metrics = {"accuracy": (margin_B > 0).float().mean(), "margin": margin_B.float().mean()}
-    return loss, metrics
-
-
-def dpo_loss(
-    policy_chosen_logp_B: Tensor,
-    policy_rejected_logp_B: Tensor,
-    ref_chosen_logp_B: Tensor,
-    ref_rejected_logp_B: Tensor,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-    normaliser: Normaliser = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """DPO (Rafailov et al. 2023) on summed sequence log-probs [B].
-
-    h = beta * ((pi_c - ref_c) - (pi_r - ref_r))
-    loss = mean( -(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h) )
-    eps = ``label_smoothing`` (conservative DPO, Mitchell 2023); eps = 0 is plain DPO.
-    Metrics: implicit rewards ``chosen_reward`` = beta*(pi_c - ref_c) and
-    ``rejected_reward`` (means), ``accuracy`` (chosen > rejected), ``margin``.
-    """
-    chosen_B = beta * (policy_chosen_logp_B - ref_chosen_logp_B)
-    rejected_B = beta * (policy_rejected_logp_B - ref_rejected_logp_B)
-    h_B = chosen_B - rejected_B
-    per_pair_B = -(1 - label_smoothing) * F.logsigmoid(h_B) - label_smoothing * F.logsigmoid(-h_B)
-    loss = _mean_over(per_pair_B, normaliser)
-    with torch.no_grad():
-        metrics = {
-            "chosen_reward": chosen_B.float().mean(),
-            "rejected_reward": rejected_B.float().mean(),
-            "accuracy": (h_B > 0).float().mean(),
-            "margin": h_B.float().mean(),
-        }
-    return loss, metrics
-
-
 class FixedKLController:
     """Constant KL coefficient. ``update`` is a no-op so callers need not branch."""
 
@@ -322,3 +354,4 @@ class AdaptiveKLController:
         self.value = float(state["value"])
         self.target = float(state.get("target", self.target))
         self.horizon = float(state.get("horizon", self.horizon))
+

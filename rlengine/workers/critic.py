@@ -10,7 +10,8 @@ import torch
 from rlengine.algos import losses as L
 from rlengine.modeling import DTYPES
 from rlengine.protocol import Batch
-from rlengine.workers.trainer import TrainerWorker, concurrent_update, length_bucketed
+from rlengine.layout import length_bucketed
+from rlengine.workers.trainer import TrainerWorker, concurrent_update
 
 
 def response_values(model, batch) -> torch.Tensor:
@@ -53,17 +54,17 @@ class CriticWorker(TrainerWorker):
         for _ in range(a.ppo_epochs):
             perm = torch.randperm(len(batch), generator=gen)
             for mb in batch.index(perm).split(a.minibatches):
-                norm = self._normaliser(mb)
+                norm = self.normaliser(mb)
                 losses, clips = [], []
                 for micro in length_bucketed(mb, self.plan.micro_batch_size, self.device, self.cfg.trainer.compile):
                     v_BR = response_values(self.engine, micro)
                     loss, m = L.value_loss_clipped(v_BR, micro["values"], micro["returns"], micro["response_mask"],
                                                    clip_range=a.value_clip, agg_mode=a.loss_agg, normaliser=norm)
-                    self._backward(loss)
-                    losses.append(float(loss))
+                    self.backward(loss)
+                    losses.append(float(loss.detach()))
                     clips.append(float(m["vf_clip_frac"]))
                 self.optimizer_steps += 1
                 per_step.append({"critic/value_loss": sum(losses) * self.world_size,
                                  "critic/vf_clip_frac": sum(clips) / len(clips),
-                                 "critic/grad_norm": float(self.engine.get_global_grad_norm() or 0.0)})
+                                 "critic/grad_norm": self.grad_norm()})
         return {k: sum(s[k] for s in per_step) / len(per_step) for k in per_step[0]}

@@ -57,7 +57,7 @@ class WorkerGroup:
 
     `call_split` shards the batch evenly (ranks get equal row counts, so collective ops under
     ZeRO-3 stay in lock-step) and concatenates results in rank order; `call_all` calls every rank
-    with the same arguments; `call_rank0` one rank.  Results are collected fail-fast: the first
+    with the same arguments.  Results are collected fail-fast: the first
     dead actor raises at once instead of after its peers time out in a collective.
 
     `max_restarts > 0` lets Ray restart a dead actor (same constructor arguments, same bundle);
@@ -90,9 +90,6 @@ class WorkerGroup:
 
     def call_all(self, method: str, *args, **kwargs) -> list:
         return get_all(self.submit_all(method, *args, **kwargs))
-
-    def call_rank0(self, method: str, *args, **kwargs):
-        return ray.get(getattr(self.actors[0], method).remote(*args, **kwargs))
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every actor answers (after a restart: until its constructor has run)."""

@@ -36,7 +36,7 @@ class ReferenceWorker:
 
     def log_probs(self, batch: Batch) -> Batch:
         faults.maybe_kill("reference", batch.info.get("step"))
-        return reference_log_probs(self.model, batch, self.micro_batch_size, self.cfg.rollout.temperature, self.device)
+        return reference_log_probs(self.model, batch, self.micro_batch_size, batch.info.get("temperature", self.cfg.rollout.temperature), self.device)
 
 
 def eval_ds_config(ds_config: dict) -> dict:
@@ -77,4 +77,4 @@ class TrainerReference:
         return getattr(self.model, "module", self.model)
 
     def log_probs(self, batch: Batch) -> Batch:
-        return reference_log_probs(self.model, batch, self.micro_batch_size, self.cfg.rollout.temperature, self.device)
+        return reference_log_probs(self.model, batch, self.micro_batch_size, batch.info.get("temperature", self.cfg.rollout.temperature), self.device)

@@ -15,7 +15,8 @@ import torch
 
 from rlengine import faults
 from rlengine.config import RootConfig
-from rlengine.data import pack_sequences, prompt_seed
+from rlengine.data import prompt_seed
+from rlengine.layout import pack_sequences
 from rlengine.modeling import set_threads
 from rlengine.protocol import Batch
 from rlengine.weight_sync import receiver

@@ -16,11 +16,10 @@ import torch
 
 from rlengine import faults
 from rlengine.checkpoint import capture_rng, restore_rng
-from rlengine.algos import losses as L
 from rlengine.config import Plan, RootConfig
-from rlengine.data import trim_padding
-from rlengine.modeling import DTYPES, intra_op_threads, load_causal_lm, response_logprobs, set_threads
+from rlengine.modeling import intra_op_threads, load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
+from rlengine.stages import get_stage, load_plugins
 from rlengine.weight_sync.sender import WeightSender, dtype_name
 from rlengine.weight_sync.verify import BUCKET_BYTES, bucketize, checksum
 from rlengine.workers.reference import TrainerReference
@@ -64,30 +63,6 @@ def _lr_lambda(cfg: RootConfig):
     return f
 
 
-def length_bucketed(mb: Batch, size: int, device: torch.device | str = "cpu", compiled: bool = False) -> list[Batch]:
-    """The minibatch's rows sorted by length, in micro-batches of `size` on `device`, each cut to
-    its own longest row: short responses stop paying for the long ones' padding.  The number of
-    micro-batches (DeepSpeed's accumulation boundary) and the global loss normaliser are unchanged,
-    so the update is the same sum of per-token terms.
-
-    For a `compiled` model: each micro-batch's tensors are fresh contiguous copies (dynamo guards
-    on a view's row stride and on its storage offset, 0 for the first chunk only), and when the
-    widths differ they are marked dynamic from the first micro-batch on (left to itself dynamo
-    compiles the first width statically and recompiles on the second).  Each failed guard costs
-    a recompile of the model's forward and backward, ~1 min at 30M params on 2 cores.  Fixed-length
-    work (one width) keeps its static graph."""
-    order = torch.argsort(mb["attention_mask"].sum(-1), stable=True)
-    micros = [Batch(tensors={k: v.to(device, memory_format=torch.contiguous_format, copy=True)
-                             for k, v in trim_padding(c.tensors).items()}, meta=c.meta, info=c.info)
-              for c in mb.index(order).chunk_by_size(size)]
-    if compiled and len({m["input_ids"].shape[1] for m in micros}) > 1:
-        for m in micros:
-            for k in ("input_ids", "attention_mask", "position_ids"):
-                if k in m:
-                    torch._dynamo.maybe_mark_dynamic(m[k], 1)
-    return micros
-
-
 def concurrent_update(fn):
     """An update that runs beside another role's (policy and critic): Plan.update_threads."""
     @functools.wraps(fn)
@@ -105,6 +80,8 @@ class TrainerWorker:
     def __init__(self, cfg: RootConfig, plan: Plan, model_path: str, rank: int, world_size: int,
                  master_addr: str, master_port: int):
         self.cfg, self.plan, self.rank, self.world_size = cfg, plan, rank, world_size
+        load_plugins(cfg.algorithm.plugins)
+        self.stage = get_stage(cfg.algorithm.name)
         on_gpu = cfg.resources.device == "cuda"
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if on_gpu else "cpu")
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
@@ -152,7 +129,7 @@ class TrainerWorker:
     def module(self):
         return self.engine.module
 
-    def _global_sum(self, x: float) -> float:
+    def global_sum(self, x: float) -> float:
         import torch.distributed as dist
 
         t = torch.tensor([x], dtype=torch.float64, device=self.device)
@@ -162,11 +139,13 @@ class TrainerWorker:
 
     @torch.no_grad()
     def log_probs(self, batch: Batch, micro_batch_size: int | None = None) -> Batch:
-        """Old log-probs [B, R] of this rank's shard (collective: every rank calls it)."""
+        """Old log-probs [B, R] of this rank's shard (collective: every rank calls it), at the
+        rollout temperature unless the batch says otherwise (info["temperature"])."""
         faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
         self.engine.eval()
         mb = micro_batch_size or self.plan.micro_batch_size
-        outs = [response_logprobs(self.engine, m.to(self.device), self.cfg.rollout.temperature).cpu()
+        temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
+        outs = [response_logprobs(self.engine, m.to(self.device), temperature).cpu()
                 for m in batch.chunk_by_size(mb)]
         return Batch(tensors={"old_logp": torch.cat(outs)})
 
@@ -175,102 +154,30 @@ class TrainerWorker:
         faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
         return self.reference.log_probs(batch)
 
-    def _normaliser(self, mb: Batch) -> float:
+    def normaliser(self, mb: Batch) -> float:
         """The loss normaliser over the *global* minibatch, so that micro-batches and ranks add up."""
         mode = self.cfg.algorithm.loss_agg
         if mode == "token-mean":
-            return self._global_sum(float(mb["response_mask"].sum()))
-        n_seq = self._global_sum(float(len(mb)))
+            return self.global_sum(float(mb["response_mask"].sum()))
+        n_seq = self.global_sum(float(len(mb)))
         if mode == "seq-mean-token-sum-norm":
             return n_seq * self.cfg.rollout.max_new_tokens
         return n_seq
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         # The loss is already normalised over the global minibatch: undo DeepSpeed's division by
         # the accumulation steps and by the data-parallel world size (gradients are averaged).
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         self.engine.step()
 
-    @concurrent_update
-    def update_policy(self, batch: Batch) -> dict:
-        """ppo_epochs x minibatches optimizer steps on this rank's shard; returns mean metrics.
-
-        Loss metrics are this rank's share of the global minibatch loss times world_size, so the
-        controller's mean over ranks is the global value.
-        """
+    def update(self, batch: Batch) -> dict:
+        """One step's update on this rank's shard, as the job's stage defines it (collective)."""
         faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
-        a = self.cfg.algorithm
-        self.engine.train()
-        per_step: list[dict] = []
-        drift = [0.0, 0.0]  # sum |rollout_logp - logp| over response tokens, token count (old_logp_in_update)
-        gen = torch.Generator().manual_seed(self.cfg.seed + self.optimizer_steps)
-        for _ in range(a.ppo_epochs):
-            perm = torch.randperm(len(batch), generator=gen)
-            for mb in batch.index(perm).split(a.minibatches):
-                norm = self._normaliser(mb)
-                micro_metrics = [self._micro_step(m, norm, drift) for m in
-                                 length_bucketed(mb, self.plan.micro_batch_size, self.device, self.cfg.trainer.compile)]
-                self.optimizer_steps += 1
-                step = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
-                for k in ("actor/pg_loss", "actor/kl_loss"):  # additive over micro-batches and ranks
-                    if k in step:
-                        step[k] = sum(m[k] for m in micro_metrics) * self.world_size
-                step["actor/grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
-                per_step.append(step)
-        metrics = {k: sum(s[k] for s in per_step) / len(per_step) for k in per_step[0]}
-        metrics["actor/lr"] = self.scheduler.get_last_lr()[0]
-        if "old_logp" not in batch:
-            metrics["sync/logprob_drift"] = self._global_sum(drift[0]) / max(1.0, self._global_sum(drift[1]))
-        return metrics
+        with intra_op_threads(self.plan.update_threads):
+            return self.stage.update(self, batch)
 
-    def _micro_step(self, micro: Batch, norm: float, drift: list[float]) -> dict:
-        a = self.cfg.algorithm
-        mask_BR = micro["response_mask"]
-        logp_BR, ent_BR = response_logprobs(self.engine, micro, self.cfg.rollout.temperature, with_entropy=True)
-        adv_BR = micro["advantages"]  # [B, R], zero outside the response mask
-        if "old_logp" in micro:
-            old_BR = micro["old_logp"]
-        else:
-            # Single update on fresh samples: every micro-batch's forward precedes the one optimizer
-            # step, so this pass *is* the old policy (ratio 1, as a separate pass would give).
-            old_BR = logp_BR.detach()
-            drift[0] += float(((micro["rollout_logp"] - old_BR).abs() * mask_BR).sum())
-            drift[1] += float(mask_BR.sum())
-        pg_loss, pg_m = L.policy_loss_clip(logp_BR, old_BR, adv_BR, mask_BR,
-                                           clip_low=a.clip_low, clip_high=a.clip_high, dual_clip_c=a.dual_clip,
-                                           agg_mode=a.loss_agg, normaliser=norm)
-        loss = pg_loss
-        out = {"actor/pg_loss": float(pg_loss)}
-        if "ref_logp" in micro:
-            kl_BR = L.kl_penalty(logp_BR, micro["ref_logp"], a.kl_estimator)
-            kl_loss = L.agg_loss(kl_BR, mask_BR, a.loss_agg, normaliser=norm)
-            if not a.kl_in_reward:
-                loss = loss + a.kl_coef * kl_loss
-            out["actor/kl_loss"] = float(kl_loss)
-            out["actor/kl"] = float((kl_BR.detach() * mask_BR).sum() / mask_BR.sum().clamp(min=1))
-        if a.entropy_coef:
-            loss = loss - a.entropy_coef * L.agg_loss(ent_BR, mask_BR, a.loss_agg, normaliser=norm)
-        self._backward(loss)
-        n = mask_BR.sum().clamp(min=1)
-        out["actor/entropy"] = float((ent_BR.detach() * mask_BR).sum() / n)
-        out["actor/clip_frac"] = float(pg_m["clip_frac"])
-        out["actor/approx_kl"] = float(pg_m["approx_kl"])
-        return out
-
-    def update_sft(self, batch: Batch) -> dict:
-        """One optimizer step of SFT: -log p(completion | prompt), token-mean over the global batch."""
-        self.engine.train()
-        norm = self._global_sum(float(batch["response_mask"].sum()))
-        total = 0.0
-        for micro in batch.chunk_by_size(self.plan.micro_batch_size):
-            micro = micro.to(self.device)
-            logp_BR = response_logprobs(self.engine, micro)
-            loss = L.sft_loss(logp_BR, micro["response_mask"], agg_mode="token-mean", normaliser=norm)
-            self._backward(loss)
-            total += float(loss)
-        self.optimizer_steps += 1
-        return {"sft/loss": self._global_sum(total), "actor/grad_norm": float(self.engine.get_global_grad_norm() or 0.0),
-                "actor/lr": self.scheduler.get_last_lr()[0]}
+    def grad_norm(self) -> float:
+        return float(self.engine.get_global_grad_norm() or 0.0)
 
     def _gathered(self, params):
         if self.plan.zero_stage != 3:
@@ -395,6 +302,3 @@ class TrainerWorker:
             full = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
             info[n] = (local, full)
         return info
-
-    def dtype(self) -> str:
-        return str(DTYPES[self.cfg.model.dtype])

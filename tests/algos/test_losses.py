@@ -9,12 +9,13 @@ from rlengine.algos.losses import (
     AdaptiveKLController,
     FixedKLController,
     agg_loss,
-    bradley_terry_loss,
-    dpo_loss,
     entropy_from_logits,
+    get_policy_loss,
     kl_penalty,
     logprobs_from_logits,
     policy_loss_clip,
+    policy_loss_gspo,
+    register_policy_loss,
     sft_loss,
     value_loss_clipped,
 )
@@ -151,21 +152,87 @@ def test_dual_clip_bounds_negative_advantage_only():
     close(plain, (5.0 - 1.2 + 2.0) / 3)
 
 
-def test_policy_loss_validates_and_is_registered():
+def test_policy_loss_validates():
     x = torch.zeros(1, 1)
     with pytest.raises(ValueError, match="dual_clip_c"):
         policy_loss_clip(x, x, x, x, dual_clip_c=1.0)
+    with pytest.raises(ValueError, match="gspo has no dual clip"):
+        policy_loss_gspo(x, x, x, x, dual_clip_c=3.0)
+
+
+def test_policy_loss_registry(monkeypatch):
+    assert set(POLICY_LOSSES) == {"clip", "gspo"}
+    assert get_policy_loss("clip") is policy_loss_clip
+    assert get_policy_loss("gspo") is policy_loss_gspo
+    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'.*\['clip', 'gspo'\]"):
+        get_policy_loss("ppo")
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy_loss("clip")(policy_loss_gspo)
     assert POLICY_LOSSES["clip"] is policy_loss_clip
 
 
-def test_policy_loss_micro_batches_add_up():
+@pytest.mark.parametrize("name", ["clip", "gspo"])
+def test_policy_loss_micro_batches_add_up(name):
     g = torch.Generator().manual_seed(1)
     logp = torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.3
     old, adv = torch.zeros_like(logp), torch.randn(4, 6, generator=g, dtype=torch.float64)
     mask = (torch.rand(4, 6, generator=g) > 0.4).long()
-    full, _ = policy_loss_clip(logp, old, adv, mask)
-    parts = [policy_loss_clip(logp[s], old[s], adv[s], mask[s], normaliser=mask.sum())[0] for s in (slice(0, 1), slice(1, 4))]
+    fn = get_policy_loss(name)
+    full, _ = fn(logp, old, adv, mask)
+    parts = [fn(logp[s], old[s], adv[s], mask[s], normaliser=mask.sum())[0] for s in (slice(0, 1), slice(1, 4))]
     close(sum(parts), full.item(), atol=1e-12)
+
+
+# ---- GSPO ---------------------------------------------------------------------------
+
+GSPO_MASK = T([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0]])
+
+
+def test_gspo_ratio_one_is_minus_mean_advantage():
+    logp = (torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 2).requires_grad_(True)
+    adv = T([[1.0, 1.0, 1.0, 9.0], [-2.0, -2.0, 9.0, 9.0], [0.5, 0.5, 9.0, 9.0]], dtype=torch.float64)
+    loss, m = policy_loss_gspo(logp, logp.detach().clone(), adv, GSPO_MASK)
+    close(loss, -(3 * 1.0 + 2 * -2.0 + 2 * 0.5) / 7)
+    close(m["clip_frac"], 0.0)
+    close(m["approx_kl"], 0.0)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # s = 1, so d/dlogp_t of -A * s is -A / 7 on valid tokens
+    close(grad, -adv * GSPO_MASK / 7, atol=1e-12)
+    seq, _ = policy_loss_gspo(logp, logp.detach().clone(), adv, GSPO_MASK, agg_mode="seq-mean-token-mean")
+    close(seq, -(1.0 - 2.0 + 0.5) / 3)
+
+
+def _gspo_clipped_case(agg_mode):
+    # Per-token log ratios (old = 0); position [0, 3] is padding with an absurd value.
+    #   seq 0: mean(0.3, 0.1, -0.1) = 0.1   -> s = e^0.1 = 1.105 inside [0.8, 1.2], A = +1
+    #          (PPO-clip would clip its first token: e^0.3 = 1.35 > 1.2; GSPO does not)
+    #   seq 1: mean(0.5, 0.3)       = 0.4   -> s = e^0.4 = 1.492 > 1.2, A = +2: -2 * 1.2, no gradient
+    #   seq 2: mean(-0.4, -0.6)     = -0.5  -> s = e^-0.5 = 0.607 < 0.8, A = -1: +1 * 0.8, no gradient
+    logp = T([[0.3, 0.1, -0.1, 50.0], [0.5, 0.3, 0.0, 0.0], [-0.4, -0.6, 0.0, 0.0]], dtype=torch.float64)
+    logp.requires_grad_(True)
+    adv = T([[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0], [-1.0, -1.0, -1.0, -1.0]], dtype=torch.float64)
+    loss, m = policy_loss_gspo(logp, torch.zeros_like(logp), adv, GSPO_MASK, agg_mode=agg_mode)
+    return logp, loss, m
+
+
+def test_gspo_sequence_level_clipping_token_mean():
+    logp, loss, m = _gspo_clipped_case("token-mean")
+    s0 = math.exp(0.1)
+    close(loss, (3 * -s0 + 2 * -2.4 + 2 * 0.8) / 7)
+    close(m["clip_frac"], 4 / 7)
+    close(m["approx_kl"], -(0.3 + 0.1 - 0.1 + 0.5 + 0.3 - 0.4 - 0.6) / 7)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # GSPO-token: each token of seq 0 gets -A * s0 / 7; clipped sequences and padding get 0
+    close(grad, [[-s0 / 7] * 3 + [0.0], [0.0] * 4, [0.0] * 4], atol=1e-12)
+
+
+def test_gspo_seq_mean_token_mean_is_the_paper_objective():
+    logp, loss, _ = _gspo_clipped_case("seq-mean-token-mean")
+    s0 = math.exp(0.1)
+    close(loss, (-s0 - 2.4 + 0.8) / 3)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # sequence-level GSPO: d/dlogp_t of -(1/3) * A * s0 = -(1/3) * s0 * (1/|y_0|), |y_0| = 3
+    close(grad, [[-s0 / 9] * 3 + [0.0], [0.0] * 4, [0.0] * 4], atol=1e-12)
 
 
 # ---- KL estimators ------------------------------------------------------------
@@ -245,37 +312,6 @@ def test_value_loss_clipped():
     loss_nc, m_nc = value_loss_clipped(v, old, ret, mask, clip_range=None)
     close(loss_nc, 0.5 * (0.25 + 0.25 + 0.81) / 3)
     close(m_nc["vf_clip_frac"], 0.0)
-
-
-# ---- pairwise losses ------------------------------------------------------------
-
-
-def test_bradley_terry():
-    loss, m = bradley_terry_loss(T([2.0, 0.0]), T([0.0, 0.0]))
-    close(loss, 0.4100376)  # (log(1+e^-2) + log 2) / 2
-    close(m["accuracy"], 0.5)
-    close(m["margin"], 1.0)
-    half, _ = bradley_terry_loss(T([2.0]), T([0.0]), normaliser=2)
-    close(half, 0.0634640)
-
-
-def test_dpo():
-    args = (T([-10.0]), T([-12.0]), T([-11.0]), T([-11.0]))
-    loss, m = dpo_loss(*args, beta=0.1)
-    close(loss, 0.5981389)  # -log sigmoid(0.1 * (1 - (-1)))
-    close(m["chosen_reward"], 0.1)
-    close(m["rejected_reward"], -0.1)
-    close(m["accuracy"], 1.0)
-    close(m["margin"], 0.2)
-    smoothed, _ = dpo_loss(*args, beta=0.1, label_smoothing=0.1)
-    close(smoothed, 0.6181389)
-
-
-def test_dpo_gradient_pushes_chosen_up():
-    pc = T([-10.0], requires_grad=True)
-    loss, _ = dpo_loss(pc, T([-12.0]), T([-11.0]), T([-11.0]), beta=0.1)
-    (g,) = torch.autograd.grad(loss, pc)
-    close(g, [-0.1 * (1 - 1 / (1 + math.exp(-0.2)))])
 
 
 # ---- KL controllers ---------------------------------------------------------------

@@ -90,3 +90,19 @@ def test_bad_reward_function_fails_before_any_actor(tmp_path):
     assert proc.returncode == 2
     assert "no/such/file.py" in proc.stderr and "reward.fns[0].fn" in proc.stderr
     assert "roles up" not in proc.stderr and not (run_dir / "checkpoints").exists()
+
+
+def test_reused_rollout_logprobs_skip_the_old_pass_and_adaptive_kl_is_applied(tmp_path):
+    """reuse_rollout_logprobs=true: no old-log-prob pass (vLLM's log-probs are the old ones; the
+    drift is measured in the update's first forward); an adaptive KL controller with GRPO adapts
+    the coefficient the loss uses, and actor/kl_coef reports that one."""
+    run_dir = tmp_path / "run"
+    _check(run_main([*SMALL, "trainer.total_steps=3", "eval.before=false", "eval.after=false",
+                     "checkpoint.save_hf=false", "algorithm.reuse_rollout_logprobs=true", "algorithm.ppo_epochs=2",
+                     "algorithm.kl_coef=0.05", "algorithm.kl_ctl=adaptive", "algorithm.kl_target=0.001",
+                     "algorithm.kl_horizon=10", f"run_dir={run_dir}"]))
+    steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert all("timing_s/old_logp" not in m for m in steps)
+    assert all(0 < m["sync/logprob_drift"] < 1e-4 for m in steps)
+    coefs = [m["actor/kl_coef"] for m in steps]
+    assert coefs[0] == pytest.approx(0.05) and coefs[1] != coefs[0] and coefs[2] != coefs[1], coefs

@@ -36,7 +36,7 @@ def test_trainer_ranks_hold_a_frozen_partitioned_reference():
                                 lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {}), actor_env())
             shards = group.call_all("shard_info", reference=True)
             big = {n: full for n, (_, full) in shards[0].items() if full >= 10_000}
-            assert big and shards[0].keys() == group.call_rank0("shard_info").keys()
+            assert big and shards[0].keys() == group.call_all("shard_info")[0].keys()
             for name, full in big.items():
                 local = [s[name][0] for s in shards]
                 if ws == 1:
@@ -49,7 +49,7 @@ def test_trainer_ranks_hold_a_frozen_partitioned_reference():
             assert got_BR.shape == want_BR.shape
             assert (got_BR - want_BR).abs().max() < 1e-5, (ws, (got_BR - want_BR).abs().max())
             old = group.map_batch("log_probs", batch)
-            metrics = group.call_split("update_policy", batch.union(ref).update(rollout_logp=old["old_logp"]))
+            metrics = group.call_split("update", batch.union(ref).update(rollout_logp=old["old_logp"]))
             assert all(m["actor/kl"] < 1e-6 for m in metrics)  # reference == the policy before its update
             assert all(m["actor/grad_norm"] > 0 for m in metrics)
             assert group.map_batch("ref_log_probs", batch)["ref_logp"].equal(got_BR)  # frozen

@@ -44,7 +44,7 @@ def _synthetic_batch(n: int, seed: int = 0):
     """n sequences of the tiny task's tokens with fixed random advantages (the rollout layout)."""
     import torch
 
-    from rlengine.data import pack_sequences
+    from rlengine.layout import pack_sequences
     from rlengine.protocol import Batch
 
     g = torch.Generator().manual_seed(seed)
@@ -78,7 +78,7 @@ def test_two_ranks_match_one_rank(loss_agg):
                                 lambda rank: ((cfg, plan, path, rank, ws, "127.0.0.1", port), {}), actor_env())
             old = group.map_batch("log_probs", batch)
             b = batch.union(old) if separate_pass else batch.update(rollout_logp=old["old_logp"])
-            metrics = group.call_split("update_policy", b)
+            metrics = group.call_split("update", b)
             results[(ws, separate_pass)] = {k: sum(m[k] for m in metrics) / len(metrics)
                                             for k in ("actor/pg_loss", "actor/grad_norm")}
             if not separate_pass:
@@ -112,7 +112,7 @@ def test_compiled_trainer_matches_eager():
             assert group.call_all("is_compiled") == [compiled]
             old = group.map_batch("log_probs", batch)
             b = batch.update(rollout_logp=old["old_logp"])
-            results[compiled] = [group.call_split("update_policy", b)[0] for _ in range(2)]
+            results[compiled] = [group.call_split("update", b)[0] for _ in range(2)]
             group.kill()
     finally:
         ray.shutdown()

@@ -1,9 +1,9 @@
 """What a compiled trainer sees of length-bucketed micro-batches: one compile for every width."""
 import torch
 
-from rlengine.data import pack_sequences
+from rlengine.layout import pack_sequences
 from rlengine.protocol import Batch
-from rlengine.workers.trainer import length_bucketed
+from rlengine.layout import length_bucketed
 
 
 def _micro_batches(compiled: bool):
