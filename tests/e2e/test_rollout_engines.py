@@ -62,7 +62,7 @@ def test_grpo_tiny_with_two_engines_learns_on_prompts_of_mixed_lengths(tmp_path)
     from tests.conftest import REPO, read_summary
 
     if not tiny.sft_is_built():  # the same build, lock and cache a run would use
-        subprocess.run([sys.executable, "-c", "from rlengine.job import build_tiny; from rlengine.main import "
+        subprocess.run([sys.executable, "-c", "from rlengine.job import build_tiny; from rlengine.compose import "
                         "load_config; build_tiny('sft', load_config('grpo_tiny', [])[0])"], cwd=REPO, check=True,
                        timeout=1200)
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
