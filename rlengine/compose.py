@@ -8,7 +8,9 @@ import os
 import re
 from pathlib import Path
 
-from rlengine.config import ConfigError, Plan, RootConfig, freeze, validate
+from rlengine.config import RootConfig, freeze
+from rlengine.errors import ConfigError
+from rlengine.plan import Plan, validate
 
 
 def recipes_dir() -> Path:

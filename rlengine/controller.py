@@ -11,7 +11,8 @@ from functools import partial
 import ray
 import torch
 
-from rlengine.config import Plan, RootConfig
+from rlengine.config import RootConfig
+from rlengine.plan import Plan
 from rlengine.data import PromptEncoder, PromptLoader, prompt_seed
 from rlengine.evaluate import HeldOut
 from rlengine.layout import concat_rollouts

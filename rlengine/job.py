@@ -13,7 +13,8 @@ from pathlib import Path
 import ray
 
 from rlengine import checkpoint, faults, resume, tiny
-from rlengine.config import Plan, RootConfig, to_dict
+from rlengine.config import RootConfig, to_dict
+from rlengine.plan import Plan
 from rlengine.controller import Controller, Roles
 from rlengine.data import PromptEncoder, PromptLoader
 from rlengine.evaluate import heldout_sets

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from rlengine.compose import load_config, recipes_dir
-from rlengine.config import ConfigError
+from rlengine.errors import ConfigError
 
 USAGE = """usage: python -m rlengine.main [recipe=NAME] [key=value ...] [--cfg] [--help]
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import ray
 from ray.util.placement_group import placement_group
 
-from rlengine.config import Plan, RootConfig
+from rlengine.config import RootConfig
+from rlengine.plan import Plan
 
 
 @dataclass(frozen=True)

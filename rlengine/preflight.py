@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 
 from rlengine import tiny
-from rlengine.config import ConfigError, RootConfig
+from rlengine.config import RootConfig
+from rlengine.errors import ConfigError
 
 MODEL_FILES = ("config.json",)
 # AutoTokenizer also reads the slow-tokenizer vocab files of older checkpoints.

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from rlengine import checkpoint, faults, tiny
-from rlengine.config import ConfigError, Plan, RootConfig, to_dict
+from rlengine.config import RootConfig, to_dict
+from rlengine.errors import ConfigError
+from rlengine.plan import Plan
 
 log = logging.getLogger("rlengine")
 

@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from rlengine.config import ConfigError, RewardConfig
+from rlengine.config import RewardConfig
+from rlengine.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _REPO = Path(__file__).resolve().parent.parent

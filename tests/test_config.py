@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlengine.config import ConfigError, Plan, RootConfig, validate
+from rlengine.config import RootConfig
+from rlengine.errors import ConfigError
+from rlengine.plan import Plan, validate
 from rlengine.main import load_config, main, parse_argv
 
 REPO = Path(__file__).resolve().parent.parent

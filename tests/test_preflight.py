@@ -3,7 +3,7 @@ import json
 import pytest
 
 from rlengine import preflight
-from rlengine.config import ConfigError
+from rlengine.errors import ConfigError
 from rlengine.main import load_config
 
 HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from rlengine.config import ConfigError, RewardConfig, RewardFnConfig
+from rlengine.config import RewardConfig, RewardFnConfig
+from rlengine.errors import ConfigError
 from rlengine.rewards import RewardManager
 
 ROWS = (["p1", "p2", "p3"], ["12", "abc", "7"], ["12", "3", "8"], [{"level": 1}, {"level": 2}, {"level": 3}])

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from rlengine.config import ConfigError, RewardConfig, RewardFnConfig
+from rlengine.config import RewardConfig, RewardFnConfig
+from rlengine.errors import ConfigError
 from rlengine.rewards import RewardManager, resolve_fn
 from reward_fns.math import compute_score, extract_answer
 

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, ClassVar
 from rlengine.data import check_rows, load_rows
 
 if TYPE_CHECKING:
-    from rlengine.config import Plan, RootConfig
+    from rlengine.config import RootConfig
+    from rlengine.plan import Plan
 
 
 @dataclass(frozen=True)

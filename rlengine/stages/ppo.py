@@ -41,7 +41,8 @@ class PPO(SequenceRL):
         last = (batch["response_length"].long() - 1).clamp(min=0)
         rewards_BR[torch.arange(len(batch)), last] = batch["scores"].float()
         if self.plan.use_reference and a.kl_in_reward:
-            rewards_BR = rewards_BR - self.kl_ctl.value * kl_penalty(self.old_logp(batch), batch["ref_logp"], "k1") * mask_BR
+            kl_BR = kl_penalty(self.old_logp(batch), batch["ref_logp"], "k1")
+            rewards_BR = rewards_BR - self.kl_ctl.value * kl_BR * mask_BR
         adv_BR, returns_BR = gae(rewards_BR, batch["values"], mask_BR, a.gamma, a.lam)
         if a.whiten_advantages:
             adv_BR = whiten(adv_BR, mask_BR)

@@ -26,10 +26,10 @@ def pair_batch(tokenizer, rows: list[dict], d, max_length: int = 512) -> Batch:
 
 def load_pairs(cfg) -> tuple[list[dict], list[dict]]:
     d = cfg.data
-    train, skipped = check_preference_rows(load_rows(d.train_path, d.train_split, d.config_name), d,
-                                           f"{d.train_path} (data.train_path)")
-    test, skipped_test = check_preference_rows(load_rows(d.test_path, d.test_split, d.test_config_name or d.config_name), d,
-                                               f"{d.test_path} (data.test_path)")
+    train = load_rows(d.train_path, d.train_split, d.config_name)
+    test = load_rows(d.test_path, d.test_split, d.test_config_name or d.config_name)
+    train, skipped = check_preference_rows(train, d, f"{d.train_path} (data.train_path)")
+    test, skipped_test = check_preference_rows(test, d, f"{d.test_path} (data.test_path)")
     if skipped or skipped_test:
         log.warning("data.bad_rows=skip: dropped %d training and %d test preference rows", skipped, skipped_test)
     return train, test
@@ -62,7 +62,8 @@ class RewardModel(Supervised):
     def step(self, ctl, step: int) -> dict:
         timer = Timer()
         with timer("step"):
-            batch = pair_batch(ctl.encoder.tokenizer, ctl.loader.next(), self.cfg.data, self.cfg.reward_model.max_length)
+            batch = pair_batch(ctl.encoder.tokenizer, ctl.loader.next(), self.cfg.data,
+                               self.cfg.reward_model.max_length)
             with timer("update"):
                 metrics = mean_dicts(ctl.roles.trainer.call_split("update", batch))
         return {**metrics, **timer.t}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from rlengine import faults
-from rlengine.config import Plan, RootConfig
+from rlengine.config import RootConfig
+from rlengine.plan import Plan
 from rlengine.modeling import load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
 
@@ -36,7 +37,8 @@ class ReferenceWorker:
 
     def log_probs(self, batch: Batch) -> Batch:
         faults.maybe_kill("reference", batch.info.get("step"))
-        return reference_log_probs(self.model, batch, self.micro_batch_size, batch.info.get("temperature", self.cfg.rollout.temperature), self.device)
+        temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
+        return reference_log_probs(self.model, batch, self.micro_batch_size, temperature, self.device)
 
 
 def eval_ds_config(ds_config: dict) -> dict:
@@ -77,4 +79,5 @@ class TrainerReference:
         return getattr(self.model, "module", self.model)
 
     def log_probs(self, batch: Batch) -> Batch:
-        return reference_log_probs(self.model, batch, self.micro_batch_size, batch.info.get("temperature", self.cfg.rollout.temperature), self.device)
+        temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
+        return reference_log_probs(self.model, batch, self.micro_batch_size, temperature, self.device)

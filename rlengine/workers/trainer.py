@@ -16,7 +16,8 @@ import torch
 
 from rlengine import faults
 from rlengine.checkpoint import capture_rng, restore_rng
-from rlengine.config import Plan, RootConfig
+from rlengine.config import RootConfig
+from rlengine.plan import Plan
 from rlengine.modeling import intra_op_threads, load_causal_lm, response_logprobs, set_threads
 from rlengine.protocol import Batch
 from rlengine.stages import get_stage, load_plugins

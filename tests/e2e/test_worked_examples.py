@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.acceptance]
 
 
 def _check(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
 
 
 def test_sft_tiny_chat_follows_held_out_instructions(tmp_path):

@@ -8,7 +8,6 @@ These need root (the dedicated uid, cgroups, mknod), which CI has.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import socket
@@ -102,7 +101,6 @@ print('done')
 """
 
 _SYSV_SHM = """
-import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
 seg = 16 << 20
