@@ -17,7 +17,6 @@ model to the NEW one and to generalise to the held-out phrasings.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
