@@ -101,6 +101,7 @@ print('done')
 """
 
 _SYSV_SHM = """
+import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
 seg = 16 << 20
