@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import ray
-import torch
 
+from rlengine.algos.losses import masked_mean
 from rlengine.config import RootConfig
 from rlengine.plan import Plan
 from rlengine.data import PromptEncoder, PromptLoader, prompt_seed
@@ -35,10 +35,6 @@ class Roles:
 
     def all(self) -> list[WorkerGroup]:
         return [g for g in (self.rollout, self.reward_model, self.reference, self.critic, self.trainer) if g]
-
-
-def _masked_mean(x_BR: torch.Tensor, mask_BR: torch.Tensor) -> float:
-    return float((x_BR * mask_BR).sum() / mask_BR.sum().clamp(min=1))
 
 
 class Controller:
@@ -114,7 +110,7 @@ class Controller:
     @staticmethod
     def drift(batch: Batch) -> float:
         """Trainer and vLLM hold the same weights at sampling time: a gap means the sync or a kernel is off."""
-        return _masked_mean((batch["rollout_logp"] - batch["old_logp"]).abs(), batch["response_mask"])
+        return float(masked_mean((batch["rollout_logp"] - batch["old_logp"]).abs(), batch["response_mask"]))
 
     def check_drift(self, drift: float) -> None:
         if drift > self.cfg.rollout.max_logprob_drift:

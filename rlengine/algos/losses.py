@@ -28,7 +28,8 @@ Normaliser = float | int | Tensor | None
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over mask's nonzero entries (0 for an empty mask)."""
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp(min=1)
 
@@ -159,9 +160,9 @@ def policy_loss_clip(
         loss = torch.where(adv_BT < 0, torch.minimum(loss, bound), loss)
     with torch.no_grad():
         metrics = {
-            "clip_frac": _masked_mean((loss_clipped > loss_unclipped).float(), mask_BT),
-            "dual_clip_frac": _masked_mean(dual_taken.float(), mask_BT),
-            "approx_kl": _masked_mean(-log_ratio.float(), mask_BT),
+            "clip_frac": masked_mean((loss_clipped > loss_unclipped).float(), mask_BT),
+            "dual_clip_frac": masked_mean(dual_taken.float(), mask_BT),
+            "approx_kl": masked_mean(-log_ratio.float(), mask_BT),
         }
     return agg_loss(loss, mask_BT, agg_mode, normaliser), metrics
 
@@ -213,8 +214,8 @@ def policy_loss_gspo(
     loss = torch.maximum(loss_unclipped, loss_clipped)
     with torch.no_grad():
         metrics = {
-            "clip_frac": _masked_mean((loss_clipped > loss_unclipped).float(), mask_BT),
-            "approx_kl": _masked_mean(-log_ratio.float(), mask_BT),
+            "clip_frac": masked_mean((loss_clipped > loss_unclipped).float(), mask_BT),
+            "approx_kl": masked_mean(-log_ratio.float(), mask_BT),
         }
     return agg_loss(loss, mask_BT, agg_mode, normaliser), metrics
 
@@ -306,7 +307,7 @@ def value_loss_clipped(
         err_clipped = (v_clipped - returns_BT).square()
         loss = torch.maximum(err_unclipped, err_clipped)
         with torch.no_grad():
-            clip_frac = _masked_mean((err_clipped > err_unclipped).float(), mask_BT)
+            clip_frac = masked_mean((err_clipped > err_unclipped).float(), mask_BT)
     return 0.5 * agg_loss(loss, mask_BT, agg_mode, normaliser), {"vf_clip_frac": clip_frac.detach()}
 
 

@@ -15,8 +15,8 @@ from rlengine.layout import concat_rollouts, length_bucketed
 from rlengine.stages.base import Stage, Timer, Uses, mean_dicts
 
 
-def masked_mean(x_BR: torch.Tensor, mask_BR: torch.Tensor) -> float:
-    return float((x_BR * mask_BR).sum() / mask_BR.sum().clamp(min=1))
+def _mean(x_BR: torch.Tensor, mask_BR: torch.Tensor) -> float:
+    return float(L.masked_mean(x_BR, mask_BR))
 
 
 class SequenceRL(Stage):
@@ -126,7 +126,7 @@ class SequenceRL(Stage):
              "response_length/mean": float(batch["response_length"].mean()),
              "response_length/max": float(batch["response_length"].max())}
         if "ref_logp" in batch:
-            m["actor/ref_kl"] = masked_mean(self.old_logp(batch) - batch["ref_logp"], mask_BR)
+            m["actor/ref_kl"] = _mean(self.old_logp(batch) - batch["ref_logp"], mask_BR)
         if "rm_score" in batch:
             m["reward/rm_mean"] = float(batch["rm_score"].mean())
             m["reward/fn_mean"] = float(batch["fn_scores"].mean())
@@ -198,11 +198,11 @@ def _micro_step(worker, micro, norm: float, kl_coef: float, drift: list[float] |
         if not a.kl_in_reward:
             loss = loss + kl_coef * kl_loss
         out["actor/kl_loss"] = float(kl_loss.detach())
-        out["actor/kl"] = masked_mean(kl_BR.detach(), mask_BR)
+        out["actor/kl"] = _mean(kl_BR.detach(), mask_BR)
     if a.entropy_coef:
         loss = loss - a.entropy_coef * L.agg_loss(ent_BR, mask_BR, a.loss_agg, normaliser=norm)
     worker.backward(loss)
-    out["actor/entropy"] = masked_mean(ent_BR.detach(), mask_BR)
+    out["actor/entropy"] = _mean(ent_BR.detach(), mask_BR)
     out["actor/clip_frac"] = float(pg_m["clip_frac"])
     out["actor/approx_kl"] = float(pg_m["approx_kl"])
     return out
