@@ -10,6 +10,7 @@ SMALL = ["recipe=grpo_tiny", "model.path=tiny:base", "trainer.total_steps=2", "d
          "algorithm.group_size=4", "data.max_test_rows=16", "tracking.progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_trainer_ranks_on_two_nodes_engines_on_a_third_match_one_node(tmp_path):
     """Two ZeRO-3 trainer ranks on two nodes (rendezvous at rank 0's node), two rollout engines on a
     third fed by the gloo broadcast, the reference inside the trainer group: three steps whose

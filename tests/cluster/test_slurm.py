@@ -75,6 +75,7 @@ def test_a_node_that_never_joins_fails_the_job_naming_it(slurm, tmp_path):
     assert not left, f"Ray processes of job {job} left behind: {left}"
 
 
+@pytest.mark.slow
 def test_sigterm_before_the_time_limit_checkpoints_requeues_and_resumes(slurm, tmp_path):
     """What SLURM does before a time limit (--signal=B:TERM@120), sent by hand: the batch script
     passes SIGTERM to the driver, which checkpoints and exits 75; the job requeues itself under the

@@ -68,6 +68,7 @@ def test_rollout_and_reference_killed_mid_step_are_restarted(uninterrupted, tmp_
     assert "a rollout actor died during generate" in proc.stderr
 
 
+@pytest.mark.slow
 def test_driver_killed_after_checkpoint_resumes_where_it_stopped(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     killed = run_main([*ARGS, f"run_dir={run_dir}"], env={"RLENGINE_FAULT": "after_checkpoint:2"})
@@ -104,6 +105,7 @@ def test_driver_killed_after_checkpoint_resumes_where_it_stopped(uninterrupted, 
     assert sorted(a) == sorted(b) and all(bool((a[k] == b[k]).all()) for k in a)
 
 
+@pytest.mark.slow
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
     killed = run_main([*ARGS, f"run_dir={run_dir}"], env={"RLENGINE_FAULT": "checkpoint_write:4"})
@@ -122,6 +124,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(uninterrupted, t
     _same(_steps(run_dir)[4], _steps(uninterrupted)[4])
 
 
+@pytest.mark.slow
 def test_a_dead_trainer_rank_stops_the_run_resumably(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_main([*ARGS, f"run_dir={run_dir}"], env={"RLENGINE_FAULT": "trainer:3"})

@@ -62,6 +62,7 @@ def test_three_grpo_steps_two_zero3_ranks(tmp_path):
     assert moved > 0, "the exported weights are the initial ones: training did not reach the checkpoint"
 
 
+@pytest.mark.slow
 def test_same_seed_same_steps_whatever_the_transport(tmp_path):
     """Runs with one seed give the same metrics, whichever way the weights reach vLLM: the
     shared-memory file (same host, the default), Ray objects, or the gloo process group (what

@@ -24,6 +24,7 @@ def test_grpo_tiny_default_learns(tmp_path):
     assert sep["accuracy"] == pytest.approx(s["eval/accuracy_after"], abs=0.01)
 
 
+@pytest.mark.acceptance
 def test_rm_tiny_reaches_90_percent_pairwise():
     """The tiny reward model (built once, cached as tiny:rm) ranks held-out pairs >= 90% right."""
     import json
@@ -42,6 +43,7 @@ def test_rm_tiny_reaches_90_percent_pairwise():
     assert AutoModelForSequenceClassification.from_pretrained(str(tiny.trained_dir("rm"))).config.num_labels == 1
 
 
+@pytest.mark.acceptance
 def test_ppo_tiny_learns_and_value_loss_falls(tmp_path):
     from tests.conftest import read_metrics
 

@@ -59,6 +59,7 @@ def test_trainer_ranks_hold_a_frozen_partitioned_reference():
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_reference_in_trainer_matches_a_separate_reference(tmp_path):
     """GRPO with KL over 2 ZeRO-3 ranks, 3 steps: the in-trainer reference gives the same per-step
     losses, KL and rewards as the separate reference role, no reference role is placed, and a

@@ -24,6 +24,7 @@ def write_varied_prompts(src: str, dst, limit: int | None = None) -> None:
             f.write(json.dumps({"prompt": PREFIXES[i % len(PREFIXES)] + r["prompt"], "answer": r["answer"]}) + "\n")
 
 
+@pytest.mark.slow
 def test_one_two_and_three_engines_give_the_same_first_step(tmp_path):
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     write_varied_prompts("tiny:train", train, 200)

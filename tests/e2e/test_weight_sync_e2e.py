@@ -44,7 +44,7 @@ def test_tensor_parallel_engine_takes_broadcast_weights_on_every_rank(tmp_path):
     ("shm", [], "0/0/model.norm.weight"),
     ("object_store", [], "0/0/lm_head.weight"),
     ("broadcast", ["rollout.num_workers=2"], "1/0/model.layers.1.mlp.down_proj.weight"),
-    ("shm", ["rollout.tensor_parallel_size=2"], "0/1/model.embed_tokens.weight"),
+    pytest.param("shm", ["rollout.tensor_parallel_size=2"], "0/1/model.embed_tokens.weight", marks=pytest.mark.slow),
 ], ids=["shm", "object_store", "broadcast-engine1", "shm-tp-rank1"])
 def test_tensor_corrupted_in_transit_stops_the_run_naming_engine_rank_and_tensor(tmp_path, method, extra, target):
     engine, rank, tensor = target.split("/")
@@ -58,6 +58,7 @@ def test_tensor_corrupted_in_transit_stops_the_run_naming_engine_rank_and_tensor
     assert [m["step"] for m in _steps(run_dir)] == [], "the step whose sync failed was logged"
 
 
+@pytest.mark.slow
 def test_engine_killed_mid_broadcast_is_restarted_resynced_and_the_run_matches(tmp_path):
     """Engine 0 dies after its first tensor of step 1's broadcast: Ray restarts it, a new group is
     formed, the sync is redone, and every step equals an uninterrupted run's."""
@@ -77,6 +78,7 @@ def test_engine_killed_mid_broadcast_is_restarted_resynced_and_the_run_matches(t
         assert not diff, diff
 
 
+@pytest.mark.slow
 def test_member_that_never_joins_the_sync_group_fails_within_the_timeout(tmp_path):
     t0 = time.monotonic()
     proc = run_main([*SMALL, "trainer.total_steps=2", "rollout.sync_method=broadcast", "rollout.sync_timeout_s=5",

@@ -93,6 +93,7 @@ def test_two_ranks_match_one_rank(loss_agg):
         assert results[(1, False)][k] == pytest.approx(ref[k], rel=1e-6, abs=1e-8), (k, results)
 
 
+@pytest.mark.slow
 def test_compiled_trainer_matches_eager():
     """trainer.compile=true (torch.compile, inductor on CPU) gives the same loss and gradient norm
     as the eager model on the same batch, over two optimizer steps (the second after the compiled
