@@ -3,6 +3,7 @@ REPORT.md and step_time.png.
 
     .venv/bin/python bench/compare_trl.py                      # tiny, 30m, 100m; fixed and natural length
     .venv/bin/python bench/compare_trl.py --sizes tiny --pairs 1 --steps 2   # a quick look
+    .venv/bin/python bench/compare_trl.py --lora 16 --sizes 30m --results bench/results/lora_trl  # LoRA on both
 
 Identical work for both engines: the same locally built model, the same prompts in the same
 order (no shuffling), G samples per prompt, the same max new tokens (EOS suppressed unless
@@ -110,6 +111,8 @@ def run_rlengine(model: Path, prompts: Path, a, tokens: int, natural: bool, run_
     if a.rollout_bind:
         args.append(f"rollout.cpu_bind={a.rollout_bind}")
     args += a.rlengine_override
+    if a.lora:  # the same PEFT config as TRL's side (trl_grpo.py --lora)
+        args += [f"model.lora.r={a.lora}", f"model.lora.alpha={2 * a.lora}", "model.lora.target_modules=all-linear"]
     if a.device == "cuda":  # one GPU: trainer and rollout share it (colocated), bf16
         args += ["resources.device=cuda", "model.dtype=bfloat16", "resources.gpus_per_trainer=1",
                  "resources.gpus_per_rollout=1", "resources.colocate=true", "rollout.gpu_memory_utilization=0.3",
@@ -137,6 +140,8 @@ def run_trl(model: Path, prompts: Path, a, tokens: int, natural: bool, out: Path
            "--max-new-tokens", str(tokens), "--micro-batch", str(a.micro_batch), "--out", str(out)]
     if natural:
         cmd.append("--natural-length")
+    if a.lora:
+        cmd += ["--lora", str(a.lora)]
     if a.device == "cuda":
         cmd += ["--device", "cuda"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TRL_DIR), str(REPO)])}
@@ -200,6 +205,9 @@ def main() -> int:
     ap.add_argument("--natural-only", action="store_true", help="only the natural-length work of --natural-sizes")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: bf16 on one GPU, MFU over the GPU's measured bf16 matmul peak")
+    ap.add_argument("--lora", type=int, default=0,
+                    help="both engines train rank-R LoRA adapters (alpha 2R, all-linear) instead of every weight; "
+                         "use with --results bench/results/lora_trl")
     args = ap.parse_args()
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
     tiny  ~0.9M  (tiny:base itself)
     30m   ~32M   hidden 512, 10 layers
     100m  ~99M   hidden 768, 14 layers
+    500m  ~426M  hidden 1024, 28 layers (intermediate 4096, 16 heads, 4 KV heads; 1.7 GB fp32 on disk)
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ SIZES = {
                 num_key_value_heads=4),
     "100m": dict(hidden_size=768, intermediate_size=2304, num_hidden_layers=14, num_attention_heads=12,
                  num_key_value_heads=6),
+    "500m": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=28, num_attention_heads=16,
+                 num_key_value_heads=4),
 }
 
 

@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--use-vllm", action="store_true")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: bf16 on one GPU")
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank (alpha 2r, all-linear), 0: full training")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -86,8 +87,14 @@ def main() -> int:
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if args.device == "cuda"
                                                  else torch.float32)
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=_reward, args=cfg, train_dataset=ds, processing_class=tok,
-                          callbacks=[Timer()])
+                          callbacks=[Timer()], peft_config=peft_config)
     setup_s = time.perf_counter() - t0
     generate = trainer._generate_and_score_completions
 

@@ -46,6 +46,26 @@ def freeze(obj):
 
 
 @dataclass
+class LoraConfig(_Frozen):
+    """Low-rank adapters (PEFT): W = W0 + (alpha/r)·B·A on the target modules, W0 frozen.
+
+    r = 0 trains every weight.  With r > 0 only the adapters (and a reward model's or critic's
+    head, which is new and so trained in full) are in the optimizer; the reference is the model
+    with its adapter disabled (no second copy of the weights).
+    """
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module names (a list, or one name) or "all-linear": every linear layer but the output head.
+    target_modules: Any = "all-linear"
+    use_rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r (Kalajdzievski 2023)
+    use_dora: bool = False  # weight-decomposed LoRA (Liu et al. 2024); vLLM cannot serve it: merged sync
+    # PEFT's init_lora_weights: default (A Kaiming-uniform, B zero), gaussian, pissa, olora, ...
+    init: str = "default"
+
+
+@dataclass
 class ModelConfig(_Frozen):
     # Hub name, local directory, or `tiny:base` / `tiny:sft` (built by rlengine/tiny.py).
     path: str = "tiny:sft"
@@ -54,6 +74,11 @@ class ModelConfig(_Frozen):
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # QLoRA: the frozen base quantized by bitsandbytes (needs model.lora.r > 0): nf4 | fp4 | int8.
+    quantization: Optional[str] = None
+    double_quant: bool = True  # quantize the 4-bit quantization constants too (QLoRA's double quantization)
+    compute_dtype: Optional[str] = None  # the dtype 4-bit layers compute in; null: model.dtype
 
 
 @dataclass
@@ -151,6 +176,10 @@ class RolloutConfig(_Frozen):
     sync_method: str = "auto"
     # A sync member that does not join, or a transfer that does not finish, fails within this.
     sync_timeout_s: float = 300.0
+    # With model.lora: adapter (only the adapter travels, served by vLLM's LoRA path; the base is
+    # pushed once, so a quantized base reaches the engine dequantized) | merged (W0 + BA pushed as
+    # full weights: for adapters vLLM cannot serve, e.g. DoRA, chosen automatically then).
+    lora_sync: str = "adapter"
 
 
 @dataclass
@@ -172,6 +201,8 @@ class TrainerConfig(_Frozen):
     # step pays the compile (~15-60 s).  Natural-length work compiles dynamic-shape graphs on its
     # first step: two on CPU (inductor splits at micro-batch rows x width > 4096), none after.
     compile: bool = False
+    # adamw (torch) | adamw_8bit | paged_adamw_8bit (bitsandbytes; paged needs CUDA)
+    optimizer: str = "adamw"
 
 
 @dataclass

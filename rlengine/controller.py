@@ -46,7 +46,7 @@ class Controller:
         self.faults = {f"faults/{g.name}_restarts": 0 for g in roles.all() if g.max_restarts}
         r = cfg.rollout
         self.weight_sync = (WeightSync(roles.trainer, roles.rollout, r.sync_method, r.sync_timeout_s,
-                                       r.tensor_parallel_size) if roles.rollout else None)
+                                       r.tensor_parallel_size, plan.lora_sync) if roles.rollout else None)
         # Reference log-probs: a collective call on the trainer ranks (reference.placement=trainer;
         # a dead rank stops the run like any trainer death), or the restartable reference role.
         self.ref_log_probs = (partial(roles.trainer.map_batch, "ref_log_probs") if plan.reference_in_trainer

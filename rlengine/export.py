@@ -5,6 +5,10 @@
 OUT_DIR defaults to CHECKPOINT/hf. The ZeRO partitions of every rank are merged into one fp32
 state dict (DeepSpeed's zero_to_fp32), loaded into the architecture named by the checkpoint's
 `model_config/`, cast to the run's dtype and saved with the tokenizer.
+
+A LoRA run's checkpoint holds the adapter (and any trained head) only: the base is rebuilt from
+the run's model.path (quantized again for QLoRA), and OUT_DIR gets the merged model (W0 + BA, a
+plain HF checkpoint) with the adapter in PEFT's format under OUT_DIR/adapter.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from rlengine import checkpoint
+from rlengine import checkpoint, lora
 from rlengine.modeling import DTYPES
 
 
@@ -39,11 +43,13 @@ def export(ckpt: Path, out: Path, role: str = "trainer") -> Path:
         cls = transformers.AutoModelForTokenClassification
     else:
         cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])
-    model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
     if state["shape"].get("trainer.zero_stage", 3) > 0:
         sd = get_fp32_state_dict_from_zero_checkpoint(str(shards), tag=state["tag"])
     else:
         sd = torch.load(shards / state["tag"] / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    if state["shape"].get("model.lora.r", 0):
+        return _export_lora(state, sd, role, config_dir, out)
+    model = cls.from_config(config) if hasattr(cls, "from_config") else cls._from_config(config)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not (config.tie_word_embeddings and k == "lm_head.weight")]
@@ -56,6 +62,48 @@ def export(ckpt: Path, out: Path, role: str = "trainer") -> Path:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    transformers.AutoTokenizer.from_pretrained(config_dir).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _export_lora(state: dict, trained: dict, role: str, config_dir: Path, out: Path) -> Path:
+    """Base from the run's model.path + the checkpoint's adapter -> merged HF model + adapter/."""
+    import transformers
+    from peft import get_peft_model
+
+    from rlengine import tiny
+    from rlengine.config import LoraConfig, ModelConfig
+
+    m = dict(state["config"]["model"])
+    m["lora"] = LoraConfig(**m["lora"])
+    mcfg = ModelConfig(**m)
+    path = tiny.resolve_path(mcfg.path)
+    auto = transformers.AutoModelForTokenClassification if role == "critic" else (
+        transformers.AutoModelForSequenceClassification if state["config"]["algorithm"]["name"] == "rm"
+        else transformers.AutoModelForCausalLM)
+    extra = {"num_labels": 1} if auto is not transformers.AutoModelForCausalLM else {}
+    base = auto.from_pretrained(path, dtype=DTYPES[mcfg.dtype], **extra, **lora.load_kwargs(mcfg, "cpu"))
+    task = {transformers.AutoModelForCausalLM: "CAUSAL_LM", transformers.AutoModelForTokenClassification: "TOKEN_CLS",
+            transformers.AutoModelForSequenceClassification: "SEQ_CLS"}[auto]
+    if mcfg.quantization:
+        lora.one_numerics_path(base)
+    model = get_peft_model(base, lora.peft_config(mcfg, task))
+    own = dict(model.named_parameters())
+    unknown = [k for k in trained if k not in own]
+    if unknown:
+        raise SystemExit(f"error: the checkpoint's adapter does not fit {path}: unexpected {unknown[:5]}")
+    with torch.no_grad():
+        for k, v in trained.items():
+            own[k].copy_(v.to(own[k].dtype))
+    dtype = DTYPES[mcfg.dtype]
+    merged = {n: t.detach().to("cpu", copy=True).contiguous() for g in lora.merged_tensors(model, dtype) for n, t in g}
+    adapter = {lora.saved_name(n): own[n].detach().clone() for n in lora.adapter_names(model)}
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lora.write_merged(str(tmp), merged, model)
+    lora.write_adapter(str(tmp / "adapter"), adapter, lora.adapter_config(model))
     transformers.AutoTokenizer.from_pretrained(config_dir).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ray
 
-from rlengine import checkpoint, faults, resume, tiny
+from rlengine import checkpoint, faults, lora, resume, tiny
 from rlengine.config import RootConfig, to_dict
 from rlengine.plan import Plan
 from rlengine.controller import Controller, Roles
@@ -216,6 +216,9 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
         paths = resolve_paths(cfg, plan)
         setup_logging(run_dir)  # a nested tiny:* build pointed the log elsewhere
         log.info("run %s: models=%s run_dir=%s", cfg.recipe, paths, run_dir)
+        if plan.lora_sync is not None and plan.lora_sync != cfg.rollout.lora_sync:
+            log.info("%s: the engines get merged weights (W0 + BA) after each update instead of the adapter "
+                     "(rollout.lora_sync=merged)", lora.vllm_serves(cfg.model)[1])
         from transformers import AutoTokenizer
 
         d = cfg.data
@@ -227,8 +230,11 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
         log.info("roles up in %.1fs; placement: %s", time.time() - t0, where)
         ctl = Controller(cfg, plan, stage, roles, rewards, encoder, loader, test_rows, heldout)
         start_step, carried = resume.begin(decision, ctl, roles)
+        if roles.rollout is not None and (start_step or plan.lora):
+            # The engines start from model.path; a resumed policy, or a LoRA policy's base (its
+            # quantized or PiSSA-initialised W0 differs from model.path's), reaches them first.
+            ctl.sync_weights()
         if start_step and roles.rollout is not None:
-            ctl.sync_weights()  # the rollout engines start from the initial model
             log.info("resumed from %s: continuing at step %d of %d", decision.checkpoint, start_step + 1,
                      cfg.trainer.total_steps)
         tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg), start_step)

@@ -73,9 +73,9 @@ def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool
     return logp_BR, entropy_from_logits(logits_BRV)
 
 
-def load_causal_lm(path: str, dtype: str, attn_implementation: str, trust_remote_code: bool = False):
+def load_causal_lm(path: str, dtype: str, attn_implementation: str, trust_remote_code: bool = False, **kw):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code)
+        trust_remote_code=trust_remote_code, **kw)

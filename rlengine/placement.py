@@ -89,7 +89,10 @@ def describe_plan(cfg: RootConfig, plan: Plan) -> str:
             half = {k: v / 2 for k, v in s.bundle().items()}
             lines.append(f"#   rollout: {_n(n, 'actor')} colocated (resources.colocate): worker i shares trainer "
                          f"rank i's bundle, {_fmt(half)} each; no devices of its own")
-    if plan.use_reference and plan.reference_in_trainer:
+    if plan.use_reference and plan.lora:
+        lines.append("#   reference: the policy with its adapter disabled (model.lora): no weights, actors or "
+                     "devices of its own")
+    elif plan.use_reference and plan.reference_in_trainer:
         lines.append("#   reference: inside the trainer ranks (reference.placement=trainer): "
                      "no actors or devices of its own")
     need = required(specs)

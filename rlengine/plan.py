@@ -41,6 +41,11 @@ class Plan:
     # threads on 2 cores, libgomp's spinning barriers waited on descheduled partners and the update
     # took 4.5-6.0 s a step instead of ~1 s (ppo_tiny, AMD EPYC).  None: the role's own setting.
     update_threads: Optional[int] = None
+    # model.lora.r > 0: adapters train, the reference is the policy with its adapter disabled
+    # (reference_in_trainer, no reference role), and the engines get `lora_sync`'s tensors:
+    # "adapter" (vLLM's LoRA path) or "merged" (full weights); None without LoRA.
+    lora: bool = False
+    lora_sync: Optional[str] = None
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -124,6 +129,9 @@ def validate(cfg: RootConfig) -> Plan:
     if cfg.resources.colocate and r.num_workers > t.world_size:
         raise ConfigError("resources.colocate", f"colocating {r.num_workers} rollout workers needs as many trainer "
                                                 f"ranks (trainer.world_size={t.world_size})")
+    from rlengine import lora
+
+    lora.check_config(cfg)
     stage.check(cfg)
     generates = stage.headline[0] == "eval/accuracy" and (cfg.eval.before or cfg.eval.after)
     if generates and cfg.eval.fn is None and not cfg.reward.fns:
@@ -156,6 +164,7 @@ def validate(cfg: RootConfig) -> Plan:
         raise ConfigError("trainer.micro_batch_size",
                           f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
     use_reference = uses.reference
+    use_lora = lora.enabled(cfg.model)
     fields = {"advantage": None, "old_logp_in_update": False, "update_threads": None, **stage.plan(cfg)}
     return Plan(
         samples_per_step=samples,
@@ -169,6 +178,8 @@ def validate(cfg: RootConfig) -> Plan:
         eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
         dtype=cfg.model.dtype,
         zero_stage=2 if t.zero_stage == 3 and t.world_size == 1 else t.zero_stage,
-        reference_in_trainer=use_reference and cfg.reference.placement == "trainer",
+        reference_in_trainer=use_reference and (cfg.reference.placement == "trainer" or use_lora),
+        lora=use_lora,
+        lora_sync=lora.sync_mode(cfg),
         **fields,
     )

@@ -101,6 +101,22 @@ def check(cfg: RootConfig) -> None:
             _check_default_tokenizer("reward_model.tokenizer_path", "reward_model.path", rm.path)
     check_data_path("data.train_path", cfg.data.train_path)
     check_data_path("data.test_path", cfg.data.test_path)
+    from rlengine import lora
+
+    lora.check_modules("model.path", _config_dir(m.path), m)
+
+
+def _config_dir(path: str) -> str:
+    """Where config.json is read from: a tiny model not built yet has tiny:base's architecture."""
+    if not tiny.is_tiny(path):
+        return path
+    try:
+        found = tiny.resolve_path(path)
+        if os.path.isfile(os.path.join(found, "config.json")):
+            return found
+    except (OSError, RuntimeError, ValueError, KeyError):
+        pass
+    return tiny.resolve_path("tiny:chat_base" if tiny.tiny_name(path).startswith("chat") else "tiny:base")
 
 
 def _check_default_tokenizer(key: str, model_key: str, path: str) -> None:

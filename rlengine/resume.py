@@ -90,11 +90,14 @@ def _model_dims(path: str | None) -> dict | None:
     return {k: raw.get(k) for k in _DIMS}
 
 
+SHAPE_DEFAULTS = {"model.lora.r": 0, "model.quantization": None}
+
+
 def shape(cfg: RootConfig, plan: Plan) -> dict:
     """What a checkpoint's tensors depend on: resuming with any of it changed cannot work."""
     return {"algorithm.name": cfg.algorithm.name, "model.dtype": cfg.model.dtype,
             "trainer.world_size": cfg.trainer.world_size, "trainer.zero_stage": plan.zero_stage,
-            "critic": plan.use_critic}
+            "critic": plan.use_critic, "model.lora.r": cfg.model.lora.r, "model.quantization": cfg.model.quantization}
 
 
 def check_compatible(cfg: RootConfig, plan: Plan, ckpt: Path) -> dict:
@@ -102,6 +105,8 @@ def check_compatible(cfg: RootConfig, plan: Plan, ckpt: Path) -> dict:
     it unusable for this config. Returns the state."""
     state = checkpoint.read_state(ckpt)
     theirs, mine = state.get("shape", {}), shape(cfg, plan)
+    # Checkpoints written before a key existed hold its default.
+    theirs = {**SHAPE_DEFAULTS, **theirs}
     diff = [f"{k}: checkpoint {theirs.get(k)!r}, this run {mine[k]!r}" for k in mine if theirs.get(k) != mine[k]]
     ck_dims = _model_dims(str(ckpt / "trainer" / "model_config"))
     my_dims = _model_dims(cfg.model.path)

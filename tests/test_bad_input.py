@@ -30,3 +30,9 @@ def test_chat_rows_with_an_unknown_role_or_no_assistant_turn_name_file_and_line(
         path = tmp_path / "rows.jsonl"
         path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
         _fails(["recipe=sft_tiny_chat", f"data.train_path={path}"], f"{path}:2", problem)
+
+
+def test_lora_target_module_that_matches_nothing_and_a_rank_above_the_layer():
+    _fails(["recipe=grpo_tiny_lora", "model.lora.target_modules=[q_proj,qkv]"],
+           "config key 'model.lora.target_modules'", "'qkv' matches no module")
+    _fails(["recipe=grpo_tiny_lora", "model.lora.r=512"], "config key 'model.lora.r'", "exceeds layer")

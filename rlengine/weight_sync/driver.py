@@ -25,12 +25,38 @@ class EngineLost(RuntimeError):
 
 
 class WeightSync:
-    def __init__(self, trainer, rollout, method: str = "auto", timeout_s: float = 300.0, tp: int = 1):
+    def __init__(self, trainer, rollout, method: str = "auto", timeout_s: float = 300.0, tp: int = 1,
+                 lora_sync: str | None = None):
         self.trainer, self.rollout = trainer, rollout
         self.method, self.timeout_s, self.tp = method, timeout_s, tp
         self.methods: list[str] | None = None  # per engine, resolved at the first push
         self.group_formed = False
         self._layout = None
+        # LoRA: "adapter" sends the base once (dequantized, if quantized) with the adapter, then
+        # the adapter alone; "merged" sends W0 + BA every time; None: the full weights.
+        self.lora_sync = lora_sync
+        self.engines_have_base = False
+        self._adapter_config = None
+
+    def _kinds(self) -> list[str]:
+        return {None: ["full"], "merged": ["merged"], "adapter": ["base+adapter", "adapter"]}[self.lora_sync]
+
+    def _kind(self) -> str:
+        if self.lora_sync == "adapter":
+            return "adapter" if self.engines_have_base else "base+adapter"
+        return self._kinds()[0]
+
+    def _resolve_lora(self) -> None:
+        """Engines that cannot serve adapters (vLLM's LoRA path unavailable there) make it merged."""
+        if self.lora_sync != "adapter":
+            return
+        modes = ray.get([a.lora_mode.remote() for a in self.rollout.actors])
+        if "merged" in modes:
+            log.info("rollout engines %s cannot serve adapters: every engine gets merged weights "
+                     "(rollout.lora_sync=merged)", [e for e, m in enumerate(modes) if m == "merged"])
+            self.lora_sync = "merged"
+            return
+        self._adapter_config = ray.get(self.trainer.actors[0].adapter_config.remote())
 
     def _resolve(self) -> list[str]:
         if self.method != "auto":
@@ -39,8 +65,10 @@ class WeightSync:
         return ["shm" if p["node_id"] == home else "broadcast" for p in self.rollout.placement()]
 
     def reset_group(self) -> None:
-        """After a failed transfer or an engine restart: the next broadcast forms a new group."""
+        """After a failed transfer or an engine restart: the next broadcast forms a new group, and
+        (LoRA) the next push carries the base again."""
         self.group_formed = False
+        self.engines_have_base = False
 
     def _form_group(self, step: int) -> None:
         """Trainer rank 0 (rank 0) and every TP worker of the broadcast engines (ranks 1..)."""
@@ -48,7 +76,7 @@ class WeightSync:
         world = 1 + self.tp * len(members)
         rank0 = self.trainer.actors[0]
         if self._layout is None:
-            self._layout = ray.get(rank0.sync_layout.remote())
+            self._layout = {k: ray.get(rank0.sync_layout.remote(k)) for k in self._kinds()}
         host, port = ray.get(rank0.open_sync_group.remote(self.timeout_s))
         names = {1 + i * self.tp + t: f"rollout engine {e} tp rank {t}" for i, e in enumerate(members)
                  for t in range(self.tp)}
@@ -65,13 +93,16 @@ class WeightSync:
         EngineLost when an engine died (the caller restarts it and pushes again)."""
         t0 = time.perf_counter()
         if self.methods is None:
+            self._resolve_lora()
             self.methods = self._resolve()
         if "broadcast" in self.methods and not self.group_formed:
             self._form_group(step)
-        exports = self.trainer.submit_all("export_weights", sorted(set(self.methods)))
+        kind = self._kind()
+        exports = self.trainer.submit_all("export_weights", sorted(set(self.methods)), kind=kind)
+        spec = {"step": step, "kind": kind, "adapter_config": self._adapter_config}
         # Rank 0's result is a top-level argument, so Ray hands the engine its value once it exists
         # (the broadcast needs none: it starts at once and meets rank 0 in the group).
-        loads = [a.load_weights.remote({"method": m, "step": step}, None if m == "broadcast" else exports[0])
+        loads = [a.load_weights.remote({**spec, "method": m}, None if m == "broadcast" else exports[0])
                  for a, m in zip(self.rollout.actors, self.methods)]
         try:
             reports = self._wait(loads + exports[:1], list(range(len(loads))), "the weight transfer")[:len(loads)]
@@ -87,9 +118,11 @@ class WeightSync:
             return self.push(step)
         sent = ray.get(exports[0])
         verified, n_ranks = self._verify(sent, reports)
+        self.engines_have_base = True
         dt = time.perf_counter() - t0
         n_bytes = reports[0]["ranks"][0]["bytes"]
         return {"sync/checksum_ok": 1.0, "sync/bytes": float(n_bytes), "sync/gbps": n_bytes / dt / 1e9,
+                "sync/adapter_only": float(kind == "adapter"),
                 "sync/load_s": max(r["ranks"][0]["load_s"] for r in reports),
                 "sync/engine_tensors_verified": float(verified), "sync/ranks_verified": float(n_ranks),
                 "sync/shared_memory": self.methods.count("shm") / len(self.methods),

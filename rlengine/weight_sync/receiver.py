@@ -38,7 +38,9 @@ def join(worker, host: str, port: int, base_rank: int, world: int, timeout_s: fl
     if faults.armed("sync_join", step) and engine == 0 and tp_rank(worker) == 0:
         time.sleep(10 * timeout_s)  # a member that never joins (fault rehearsal)
     worker._rlengine_group = SyncGroup(host, port, rank, world, _device(worker), timeout_s, {}, my_host=my_host)
-    worker._rlengine_layout = [[(n, tuple(s), getattr(torch, d)) for n, s, d in b] for b in layout]
+    # One layout per sync kind (full; with LoRA base+adapter and adapter, or merged).
+    worker._rlengine_layout = {kind: [[(n, tuple(s), getattr(torch, d)) for n, s, d in b] for b in groups]
+                               for kind, groups in layout.items()}
     return rank
 
 
@@ -55,7 +57,7 @@ def _arrivals(worker, spec: dict):
             yield from b["tensors"]
     elif method == "broadcast":
         group: SyncGroup = worker._rlengine_group
-        for bucket in worker._rlengine_layout:
+        for bucket in worker._rlengine_layout[spec.get("kind", "full")]:
             flats, views = flat_buffers(bucket, _device(worker))
             group.broadcast(list(flats.values()))
             yield from views
@@ -72,7 +74,13 @@ def _arrivals(worker, spec: dict):
 def _readable(model) -> tuple[dict[str, torch.Tensor], dict]:
     packed = dict(getattr(model, "packed_modules_mapping", {}) or {})
     # The CPU build leaves repacked linear weights as empty tensors: nothing to read back there.
-    return {n: p for n, p in model.named_parameters() if p.numel() > 0}, packed
+    # With LoRA enabled vLLM wraps each adaptable layer: its weight is `<layer>.base_layer.weight`.
+    return {n.replace(".base_layer.", "."): p for n, p in model.named_parameters() if p.numel() > 0}, packed
+
+
+def is_adapter_tensor(name: str) -> bool:
+    """PEFT adapter tensors (lora_A/lora_B/lora_magnitude_vector); no HF base weight has `lora_`."""
+    return ".lora_" in name
 
 
 def _wanted(names, packed) -> set[str]:
@@ -83,6 +91,8 @@ def _wanted(names, packed) -> set[str]:
 def receive(worker, spec: dict) -> dict:
     """Receive, checksum, load and verify one sync on this rank."""
     engine, rank, step = spec["engine"], tp_rank(worker), spec.get("step")
+    kind = spec.get("kind", "full")
+    adapter: dict[str, torch.Tensor] = {}
     model = worker.model_runner.model
     wanted = _wanted(*_readable(model))
     sums: dict[str, tuple[float, int]] = {}
@@ -99,18 +109,34 @@ def receive(worker, spec: dict) -> dict:
             t = faults.maybe_corrupt(engine, rank, step, name, t)
             checks[name] = pool.submit(tensor_checksum, t)
             n_bytes[0] += t.numel() * t.element_size()
+            if is_adapter_tensor(name):
+                adapter[name] = t  # written to the adapter directory below, before the next sync reuses t
+                continue
             if name in wanted:
                 sums[name] = (float(t.detach().double().sum()), t.numel())
             yield name, t
 
     t0 = time.perf_counter()
     try:
-        worker.model_runner.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
+        if kind == "adapter":
+            for _ in stream():
+                raise RuntimeError("an adapter-only sync carried base weights")
+        else:
+            worker.model_runner.reload_weights(weights_iterator=stream(), is_checkpoint_format=True)
         checks = {name: f.result() for name, f in checks.items()}
+        adapter_dir = None
+        if adapter and rank == 0:
+            from rlengine.lora import write_adapter
+
+            adapter_dir = write_adapter(spec["adapter_dir"], adapter, spec["adapter_config"])
     finally:
         pool.shutdown(wait=True)
     load_s = time.perf_counter() - t0
+    if kind == "adapter":  # the base is untouched: nothing in the engine to read back
+        return {"rank": rank, "pid": os.getpid(), "checksums": checks, "bytes": n_bytes[0], "load_s": load_s,
+                "verified": 0, "bad": [], "shards": {}, "adapter_dir": adapter_dir}
     held, packed = _readable(worker.model_runner.model)
     engine_sums = {n: (float(p.detach().double().sum()), p.numel()) for n, p in held.items()}
     report = engine_check(sums, engine_sums, packed)
-    return {"rank": rank, "pid": os.getpid(), "checksums": checks, "bytes": n_bytes[0], "load_s": load_s, **report}
+    return {"rank": rank, "pid": os.getpid(), "checksums": checks, "bytes": n_bytes[0], "load_s": load_s,
+            "adapter_dir": adapter_dir, **report}

@@ -22,7 +22,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 class WeightSender:
     def __init__(self, device: torch.device, threads: int = 2):
         self.device, self.threads = device, threads
-        self._shm: SharedWeights | None = None
+        # One segment per layout a sync sends (the full weights; with LoRA, base + adapter once, then
+        # the adapter alone): receivers map a segment whole.
+        self._shm: dict[tuple, SharedWeights] = {}
         self._shm_failed = False
         self._group: SyncGroup | None = None
         self._store = None
@@ -109,10 +111,11 @@ class WeightSender:
         self.buckets, self._ipc_keep, self.ipc = [], [], []
 
     def _shared(self, layout) -> SharedWeights | None:
-        if self._shm is None and not self._shm_failed:
+        key = tuple(n for n, *_ in layout)
+        if key not in self._shm and not self._shm_failed:
             try:
-                self._shm = SharedWeights(layout)
+                self._shm[key] = SharedWeights(layout)
             except OSError as e:
                 self._shm_failed = True
                 log.warning("weight sync through /dev/shm unavailable (%s): sending Ray objects instead", e)
-        return self._shm
+        return self._shm.get(key)

@@ -25,6 +25,7 @@ def response_values(model, batch) -> torch.Tensor:
 
 class CriticWorker(TrainerWorker):
     hosts_reference = False
+    lora_task = "TOKEN_CLS"
 
     def _load_model(self, path: str):
         from transformers import AutoModelForTokenClassification
@@ -32,7 +33,7 @@ class CriticWorker(TrainerWorker):
         m = self.cfg.model
         return AutoModelForTokenClassification.from_pretrained(
             path, num_labels=1, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation,
-            trust_remote_code=m.trust_remote_code)
+            trust_remote_code=m.trust_remote_code, **self._quantized())
 
     def _lr(self) -> float:
         return self.cfg.critic.lr

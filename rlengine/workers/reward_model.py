@@ -17,13 +17,13 @@ from rlengine.protocol import Batch
 from rlengine.workers.trainer import TrainerWorker
 
 
-def load_reward_model(path: str, cfg: RootConfig):
+def load_reward_model(path: str, cfg: RootConfig, **kw):
     from transformers import AutoModelForSequenceClassification
 
     m = cfg.model
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation,
-        trust_remote_code=m.trust_remote_code)
+        trust_remote_code=m.trust_remote_code, **kw)
     if model.config.pad_token_id is None:
         raise ValueError(f"{path}: the reward model's config needs pad_token_id to find each sequence's last token")
     return model
@@ -68,9 +68,10 @@ class RewardTrainerWorker(TrainerWorker):
     batches holding pairs interleaved: rows 2i (chosen) and 2i+1 (rejected)."""
 
     hosts_reference = False
+    lora_task = "SEQ_CLS"
 
     def _load_model(self, path: str):
-        return load_reward_model(path, self.cfg)
+        return load_reward_model(path, self.cfg, **self._quantized())
 
     def pair_scores_of(self, micro: Batch) -> torch.Tensor:
         return sequence_scores(self.engine, micro)

@@ -8,12 +8,15 @@ every weight transport reaches each of them (rlengine/weight_sync/receiver.py).
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import tempfile
 import time
 
 import torch
 
-from rlengine import faults
+from rlengine import faults, lora
 from rlengine.config import RootConfig
 from rlengine.data import prompt_seed
 from rlengine.layout import pack_sequences
@@ -22,6 +25,8 @@ from rlengine.protocol import Batch
 from rlengine.weight_sync import receiver
 from rlengine.weight_sync.shm import SharedWeights
 from rlengine.weight_sync.verify import check_shards
+
+log = logging.getLogger("rlengine")
 
 
 def _vllm_env(cfg: RootConfig) -> None:
@@ -69,12 +74,50 @@ class RolloutWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         r = cfg.rollout
-        self.llm = LLM(model=model_path, tokenizer=tokenizer_path, dtype=cfg.model.dtype, seed=cfg.seed,
-                       enforce_eager=r.enforce_eager, max_model_len=r.max_model_len,
-                       tensor_parallel_size=r.tensor_parallel_size,
-                       distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
-                       gpu_memory_utilization=r.gpu_memory_utilization,
-                       logprobs_mode="processed_logprobs", trust_remote_code=cfg.model.trust_remote_code)
+        kw = dict(model=model_path, tokenizer=tokenizer_path, dtype=cfg.model.dtype, seed=cfg.seed,
+                  enforce_eager=r.enforce_eager, max_model_len=r.max_model_len,
+                  tensor_parallel_size=r.tensor_parallel_size,
+                  distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
+                  gpu_memory_utilization=r.gpu_memory_utilization,
+                  logprobs_mode="processed_logprobs", trust_remote_code=cfg.model.trust_remote_code)
+        # The trained adapter, a new version after every sync (rollout.lora_sync=adapter).
+        self._lora, self._lora_root = None, None
+        self.serves_adapters = lora.sync_mode(cfg) == "adapter"
+        if self.serves_adapters:
+            try:
+                self.llm = LLM(**kw, enable_lora=True, max_lora_rank=lora.vllm_max_rank(cfg.model.lora.r),
+                               max_loras=1, max_cpu_loras=2)
+            except (ValueError, NotImplementedError) as e:
+                if "lora" not in str(e).lower():
+                    raise
+                log.warning("rollout engine %d: vLLM cannot serve adapters for %s (%s): the trainer pushes "
+                            "merged weights instead (rollout.lora_sync=merged)", rank, model_path, e)
+                self.serves_adapters = False
+        if not self.serves_adapters:
+            self.llm = LLM(**kw)
+
+    def lora_mode(self) -> str:
+        """How this engine takes a LoRA policy: adapter (vLLM's LoRA path) or merged weights."""
+        return "adapter" if self.serves_adapters else "merged"
+
+    def _activate_adapter(self, path: str) -> None:
+        """Serve the adapter at `path` from now on, as a new version; the previous one is dropped."""
+        from vllm.lora.request import LoRARequest
+
+        version = (self._lora.lora_int_id + 1) if self._lora else 1
+        req = LoRARequest(f"policy_v{version}", version, path)
+        self.llm.llm_engine.add_lora(req)
+        if self._lora is not None:
+            self.llm.llm_engine.remove_lora(self._lora.lora_int_id)
+            shutil.rmtree(self._lora.lora_path, ignore_errors=True)
+        self._lora = req
+
+    def _adapter_dir(self) -> str:
+        if self._lora_root is None:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self._lora_root = tempfile.mkdtemp(prefix=f"rlengine-lora-{os.getpid()}-", dir=base)
+        version = (self._lora.lora_int_id + 1) if self._lora else 1
+        return os.path.join(self._lora_root, f"v{version}")
 
     def _params(self, n: int, seed: int | None, greedy: bool, max_new_tokens: int | None = None):
         from vllm import SamplingParams
@@ -102,7 +145,7 @@ class RolloutWorker:
         seeds = prompts["sample_seed"] if "sample_seed" in prompts else [prompt_seed(seed, -1, i) for i in range(len(ids))]
         params = [self._params(n, None if greedy else int(s), greedy, max_new_tokens) for s in seeds]
         t0 = time.perf_counter()
-        outs = self.llm.generate(reqs, params, use_tqdm=False)
+        outs = self.llm.generate(reqs, params, use_tqdm=False, lora_request=self._lora)
         gen_s = time.perf_counter() - t0
         prompt_rows, resp_rows, logp_rows = [], [], []
         for p_ids, out in zip(ids, outs):
@@ -135,12 +178,17 @@ class RolloutWorker:
         {"fallback": True} when the trainer's shared memory is not reachable from this host or
         process namespace: the caller sends this engine Ray objects instead."""
         spec = {**spec, "engine": self.rank, "payload": payload, "threads": self.cfg.rollout.cpu_threads}
+        if spec.get("kind") in ("adapter", "base+adapter"):
+            spec["adapter_dir"] = self._adapter_dir()
         if spec["method"] == "shm" and receiver.open_shared(spec["payload"]["shm"]) is None:
             return {"fallback": True}
         if spec["method"] == "object_store" and self.cfg.rollout.tensor_parallel_size > 1:
             spec = self._to_local_shm(spec)  # worker processes cannot take tensors through the RPC
         t0 = time.perf_counter()
         ranks = self.llm.collective_rpc(receiver.receive, timeout=2 * self.cfg.rollout.sync_timeout_s, args=(spec,))
+        adapter_dir = next((r["adapter_dir"] for r in ranks if r.get("adapter_dir")), None)
+        if adapter_dir:
+            self._activate_adapter(adapter_dir)
         self.llm.reset_prefix_cache()
         verified, bad = check_shards([r.pop("shards") for r in ranks])
         return {"ranks": ranks, "shard_verified": verified, "shard_bad": bad, "s": time.perf_counter() - t0}
@@ -155,6 +203,8 @@ class RolloutWorker:
         return {**spec, "method": "shm", "payload": {"shm": self._shm.handle()}}
 
     def shutdown(self) -> None:
+        if getattr(self, "_lora_root", None):
+            shutil.rmtree(self._lora_root, ignore_errors=True)
         llm = getattr(self, "llm", None)
         if llm is not None:
             core = getattr(llm.llm_engine, "engine_core", None)

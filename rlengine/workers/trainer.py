@@ -7,6 +7,7 @@ parameters is collective under ZeRO-3: the WorkerGroup calls it on all ranks at 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ from contextlib import nullcontext
 
 import torch
 
-from rlengine import faults
+from rlengine import faults, lora
 from rlengine.checkpoint import capture_rng, restore_rng
 from rlengine.config import RootConfig
 from rlengine.plan import Plan
@@ -23,7 +24,7 @@ from rlengine.protocol import Batch
 from rlengine.stages import get_stage, load_plugins
 from rlengine.weight_sync.sender import WeightSender, dtype_name
 from rlengine.weight_sync.verify import BUCKET_BYTES, bucketize, checksum
-from rlengine.workers.reference import TrainerReference
+from rlengine.workers.reference import TrainerReference, reference_log_probs
 
 log = logging.getLogger("rlengine")
 
@@ -77,6 +78,8 @@ class TrainerWorker:
     # The policy trainer holds the reference when reference.placement=trainer; the critic and the
     # reward-model trainer, built on this class, never do.
     hosts_reference = True
+    # PEFT task type of this role's model: SEQ_CLS / TOKEN_CLS also train the new score head in full.
+    lora_task = "CAUSAL_LM"
 
     def __init__(self, cfg: RootConfig, plan: Plan, model_path: str, rank: int, world_size: int,
                  master_addr: str, master_port: int):
@@ -100,12 +103,14 @@ class TrainerWorker:
         # and every rank materialises only its own partition.
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if plan.zero_stage == 3 else None
         model = self._load_model(model_path)
+        if plan.lora:
+            model = lora.wrap(model, cfg.model, self.lora_task)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+            if plan.lora:
+                model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks need a grad input
         model.config.use_cache = False
-        t = cfg.trainer
-        optim = torch.optim.AdamW(model.parameters(), lr=self._lr(), betas=(t.adam_beta1, t.adam_beta2),
-                                  weight_decay=t.weight_decay)
+        optim = self._optimizer([p for p in model.parameters() if p.requires_grad])
         sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(cfg))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optim, lr_scheduler=sched, config=self.ds_config)
@@ -116,12 +121,25 @@ class TrainerWorker:
         self.sender = WeightSender(self.device, cfg.trainer.cpu_threads)  # used on rank 0
         # Frozen and equal to model_path's weights: not checkpointed, rebuilt from the path on resume.
         self.reference = (TrainerReference(cfg, plan, model_path, self.ds_config, self.device)
-                          if plan.reference_in_trainer and self.hosts_reference else None)
+                          if plan.reference_in_trainer and self.hosts_reference and not plan.lora else None)
 
     def _load_model(self, path: str):
         """Subclasses (critic, reward-model training) load a different head on the same backbone."""
         m = self.cfg.model
-        return load_causal_lm(path, m.dtype, m.attn_implementation, m.trust_remote_code)
+        return load_causal_lm(path, m.dtype, m.attn_implementation, m.trust_remote_code, **self._quantized())
+
+    def _quantized(self) -> dict:
+        return lora.load_kwargs(self.cfg.model, "cuda" if self.cfg.resources.device == "cuda" else "cpu")
+
+    def _optimizer(self, params: list):
+        """Only trainable parameters (with LoRA: the adapters and any new head) get optimizer state."""
+        t = self.cfg.trainer
+        kw = dict(lr=self._lr(), betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(params, **kw)
+        import bitsandbytes as bnb
+
+        return (bnb.optim.PagedAdamW8bit if t.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit)(params, **kw)
 
     def _lr(self) -> float:
         return self.cfg.trainer.lr
@@ -151,9 +169,15 @@ class TrainerWorker:
         return Batch(tensors={"old_logp": torch.cat(outs)})
 
     def ref_log_probs(self, batch: Batch) -> Batch:
-        """Reference log-probs ref_logp_BR of this rank's shard (reference.placement=trainer; collective)."""
+        """Reference log-probs ref_logp_BR of this rank's shard (reference.placement=trainer, or the
+        policy with its adapter disabled under LoRA; collective)."""
         faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
-        return self.reference.log_probs(batch)
+        if self.reference is not None:
+            return self.reference.log_probs(batch)
+        self.engine.eval()
+        temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
+        with self.module.disable_adapter():
+            return reference_log_probs(self.engine, batch, self.plan.micro_batch_size, temperature, self.device)
 
     def normaliser(self, mb: Batch) -> float:
         """The loss normaliser over the *global* minibatch, so that micro-batches and ranks add up."""
@@ -205,10 +229,46 @@ class TrainerWorker:
     def _full_shape(p) -> tuple:
         return tuple(getattr(p, "ds_shape", p.shape))
 
-    def sync_layout(self, bucket_bytes: int = BUCKET_BYTES) -> list[list[tuple[str, tuple, str]]]:
-        """The buckets a sync sends, as (name, full shape, dtype) rows: what receivers allocate."""
-        params, buckets = self._buckets(bucket_bytes)
-        return [[(n, self._full_shape(params[n]), dtype_name(params[n].dtype)) for n in b] for b in buckets]
+    def sync_layout(self, kind: str = "full", bucket_bytes: int = BUCKET_BYTES) -> list[list[tuple[str, tuple, str]]]:
+        """The groups a sync of `kind` sends, as (name, full shape, dtype) rows: what receivers
+        allocate.  Kinds: full (every parameter; no LoRA), merged (W0 + BA as HF weights), base
+        (the frozen base, dequantized), adapter (PEFT's adapter tensors), base+adapter."""
+        if kind == "full":
+            params, buckets = self._buckets(bucket_bytes)
+            return [[(n, self._full_shape(params[n]), dtype_name(params[n].dtype)) for n in b] for b in buckets]
+        groups = []
+        if kind != "adapter":
+            groups += [[(n, s, dtype_name(d)) for n, s, d in g]
+                       for g in lora.merged_layout(self.module, self._dtype, with_adapter=kind == "merged")]
+        if kind in ("adapter", "base+adapter"):
+            params = dict(self.module.named_parameters())
+            groups.append([(lora.saved_name(n), self._full_shape(params[n]), dtype_name(params[n].dtype))
+                           for n in lora.adapter_names(self.module)])
+        return groups
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        from rlengine.modeling import DTYPES
+
+        return DTYPES[self.cfg.model.dtype]
+
+    def _sync_groups(self, kind: str, bucket_bytes: int = BUCKET_BYTES):
+        """The tensors of sync_layout(kind), group by group (collective under ZeRO-3; valid only
+        inside the iteration, on rank 0)."""
+        if kind == "full":
+            yield from self._full_buckets(bucket_bytes)
+            return
+        if kind != "adapter":
+            yield from lora.merged_tensors(self.module, self._dtype, kind == "merged", self._gathered)
+        if kind in ("adapter", "base+adapter"):
+            params = dict(self.module.named_parameters())
+            names = lora.adapter_names(self.module)
+            with self._gathered([params[n] for n in names]):
+                yield [(lora.saved_name(n), params[n]) for n in names]
+
+    def adapter_config(self) -> dict:
+        """adapter_config.json of this trainer's adapter (what vLLM's LoRA loader reads)."""
+        return lora.adapter_config(self.module)
 
     def node_ip(self) -> str:
         import ray
@@ -224,15 +284,15 @@ class TrainerWorker:
         self.sender.join_group(world, names, timeout_s)
 
     @torch.no_grad()
-    def export_weights(self, methods: list[str], bucket_bytes: int = BUCKET_BYTES) -> dict | None:
-        """Send the full weights through every transport in `methods` (collective: all ranks
-        gather, rank 0 sends).  Rank 0 returns what receivers need (shared-memory handle, Ray
-        object buckets, IPC handles) and the checksums of what it sent; other ranks None."""
+    def export_weights(self, methods: list[str], bucket_bytes: int = BUCKET_BYTES, kind: str = "full") -> dict | None:
+        """Send sync_layout(kind)'s tensors through every transport in `methods` (collective: all
+        ranks gather, rank 0 sends).  Rank 0 returns what receivers need (shared-memory handle,
+        Ray object buckets, IPC handles) and the checksums of what it sent; other ranks None."""
         if self.rank == 0:
-            layout = [(n, self._full_shape(p), p.dtype) for n, p in self.module.named_parameters()]
+            layout = [(n, s, getattr(torch, d)) for g in self.sync_layout(kind, bucket_bytes) for n, s, d in g]
             self.sender.begin(layout, set(methods))
         try:
-            for named in self._full_buckets(bucket_bytes):
+            for named in self._sync_groups(kind, bucket_bytes):
                 if self.rank == 0:
                     self.sender.bucket(named)
         except BaseException:
@@ -250,18 +310,28 @@ class TrainerWorker:
                 out.update(checksum([(n, p)]))
         return out
 
+    @torch.no_grad()
     def save_hf(self, path: str, tokenizer_path: str) -> str | None:
-        """Export a Hugging Face checkpoint (collective; rank 0 writes)."""
-        state = {}
-        for named in self._full_buckets():
+        """Export a Hugging Face checkpoint (collective; rank 0 writes).  With LoRA: the merged
+        model (W0 + BA), and the adapter in PEFT's format under `adapter/`."""
+        state, adapter = {}, {}
+        for named in self._sync_groups("merged" if self.plan.lora else "full"):
             if self.rank == 0:
                 state.update((n, t.detach().to("cpu", copy=True).contiguous()) for n, t in named)
+        if self.plan.lora:
+            for named in self._sync_groups("adapter"):
+                if self.rank == 0:
+                    adapter.update((n, t.detach().to("cpu", copy=True).contiguous()) for n, t in named)
         if self.rank != 0:
             return None
         from transformers import AutoTokenizer
 
         tmp = path.rstrip("/") + ".tmp"
-        self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if self.plan.lora:
+            lora.write_merged(tmp, state, lora.inner_model(self.module))
+            lora.write_adapter(os.path.join(tmp, "adapter"), adapter, self.adapter_config())
+        else:
+            self.module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(tmp)
         if os.path.exists(path):
             import shutil
@@ -274,16 +344,21 @@ class TrainerWorker:
         """Sharded engine state (model, optimizer, scheduler) per rank plus this rank's RNG states
         and step counter, for resume (collective). Rank 0 also writes the HF config next to it, so
         `python -m rlengine.export` can rebuild an HF model from the shards alone."""
-        self.engine.save_checkpoint(path, tag=tag, client_state={"optimizer_steps": self.optimizer_steps})
+        # With LoRA the frozen base is not saved: it is rebuilt from model.path (and re-quantized) on resume.
+        self.engine.save_checkpoint(path, tag=tag, client_state={"optimizer_steps": self.optimizer_steps},
+                                    exclude_frozen_parameters=self.plan.lora)
         torch.save({"rng": capture_rng(), "optimizer_steps": self.optimizer_steps},
                    os.path.join(path, tag, f"rank_state_{self.rank}.pt"))
         if self.rank == 0:
-            self.module.config.save_pretrained(os.path.join(path, "model_config"))
+            lora.hf_config(self.module).save_pretrained(os.path.join(path, "model_config"))
+            if self.plan.lora:
+                with open(os.path.join(path, "model_config", "adapter_config.json"), "w") as f:
+                    json.dump(self.adapter_config(), f, indent=2)
 
     def load_checkpoint(self, path: str, tag: str) -> int:
         """Restore what save_checkpoint wrote (collective); returns the optimizer step count."""
         loaded, _ = self.engine.load_checkpoint(path, tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+                                                load_lr_scheduler_states=True, load_module_strict=not self.plan.lora)
         if loaded is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint {tag!r} under {path}")
         state = torch.load(os.path.join(path, tag, f"rank_state_{self.rank}.pt"), weights_only=False)

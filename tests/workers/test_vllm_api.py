@@ -55,3 +55,25 @@ def test_model_runner_has_reload_weights_with_the_arguments_we_pass(module, cls)
     for f, line, keywords in calls:
         assert {"weights_iterator", "is_checkpoint_format"} <= set(keywords), (f, line, keywords)
         sig.bind(None, **{k: None for k in keywords})  # TypeError: the call no longer fits this vLLM
+
+
+def test_the_lora_path_the_rollout_worker_uses():
+    """Adapter-only sync: LLM(enable_lora, max_lora_rank, max_loras, max_cpu_loras), generate's
+    lora_request, the engine's add_lora/remove_lora, LoRARequest(name, id, path), and the ranks
+    lora.vllm_max_rank rounds up to."""
+    import typing
+
+    from vllm.config.lora import LoRAConfig, MaxLoRARanks
+    from vllm.entrypoints.llm import LLM
+    from vllm.lora.request import LoRARequest
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    from rlengine import lora
+
+    assert "lora_request" in inspect.signature(LLM.generate).parameters
+    assert hasattr(LLMEngine, "add_lora") and hasattr(LLMEngine, "remove_lora")
+    assert [f for f in ("lora_name", "lora_int_id", "lora_path") if f in LoRARequest.__struct_fields__] == [
+        "lora_name", "lora_int_id", "lora_path"]
+    fields = set(getattr(LoRAConfig, "__dataclass_fields__", {}) or getattr(LoRAConfig, "model_fields", {}))
+    assert {"max_lora_rank", "max_loras", "max_cpu_loras"} <= fields
+    assert tuple(typing.get_args(MaxLoRARanks)) == lora.VLLM_RANKS
