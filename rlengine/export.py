@@ -71,7 +71,6 @@ def export(ckpt: Path, out: Path, role: str = "trainer") -> Path:
 def _export_lora(state: dict, trained: dict, role: str, config_dir: Path, out: Path) -> Path:
     """Base from the run's model.path + the checkpoint's adapter -> merged HF model + adapter/."""
     import transformers
-    from peft import get_peft_model
 
     from rlengine import tiny
     from rlengine.config import LoraConfig, ModelConfig
@@ -87,9 +86,7 @@ def _export_lora(state: dict, trained: dict, role: str, config_dir: Path, out: P
     base = auto.from_pretrained(path, dtype=DTYPES[mcfg.dtype], **extra, **lora.load_kwargs(mcfg, "cpu"))
     task = {transformers.AutoModelForCausalLM: "CAUSAL_LM", transformers.AutoModelForTokenClassification: "TOKEN_CLS",
             transformers.AutoModelForSequenceClassification: "SEQ_CLS"}[auto]
-    if mcfg.quantization:
-        lora.one_numerics_path(base)
-    model = get_peft_model(base, lora.peft_config(mcfg, task))
+    model = lora.wrap(base, mcfg, task)  # as the trainer built it
     own = dict(model.named_parameters())
     unknown = [k for k in trained if k not in own]
     if unknown:
