@@ -180,6 +180,10 @@ class RolloutConfig(_Frozen):
     # pushed once, so a quantized base reaches the engine dequantized) | merged (W0 + BA pushed as
     # full weights: for adapters vLLM cannot serve, e.g. DoRA, chosen automatically then).
     lora_sync: str = "adapter"
+    # With resources.colocate: vLLM sleeps while the trainer runs. 1: weights offloaded to host
+    # memory, KV cache freed; 2: weights discarded too (reloaded by the next sync); 0: never sleeps.
+    # vLLM's CPU build has no sleep mode: the calls are made and skipped (logged once).
+    sleep_level: int = 1
 
 
 @dataclass
@@ -203,6 +207,29 @@ class TrainerConfig(_Frozen):
     compile: bool = False
     # adamw (torch) | adamw_8bit | paged_adamw_8bit (bitsandbytes; paged needs CUDA)
     optimizer: str = "adamw"
+    # Token budget of one micro-batch (rows x padded width) for every forward of this role: rows are
+    # grouped by length and each micro-batch holds as many as fit.  null: micro_batch_size rows.
+    max_tokens_per_micro_batch: Optional[int] = None
+    # Response positions projected to the vocabulary at once by a log-prob/entropy pass (the
+    # [chunk, V] logits are the pass's largest tensor: 0.6 GB fp32 at V = 151,936 and 1,024 tokens).
+    logits_chunk_tokens: int = 1024
+    # Gradient accumulation dtype of bf16/fp16 runs: float32 (DeepSpeed's data_types.grad_accum_dtype)
+    # or null, which follows the model dtype.
+    grad_accum_dtype: Optional[str] = "float32"
+    # ZeRO-Offload (GPU only; a CPU run already holds everything in host memory).
+    offload_optimizer: bool = False
+    offload_params: bool = False  # ZeRO-3 only
+    # Offload the optimizer states to host memory while colocated vLLM engines generate (GPU, ZeRO-3).
+    offload_during_rollout: bool = False
+    # null: on for multi-rank GPU runs, off on CPU (gloo gains nothing from overlapping).
+    overlap_comm: Optional[bool] = None
+    # ZeRO buckets and persistence (elements); null: sized from the model's hidden size h as
+    # DeepSpeed/HF recommend (reduce and prefetch h*h and 0.9*h*h, persistence 10*h).
+    reduce_bucket_size: Optional[int] = None
+    stage3_prefetch_bucket_size: Optional[int] = None
+    stage3_param_persistence_threshold: Optional[int] = None
+    stage3_max_live_parameters: int = 1_000_000_000
+    stage3_max_reuse_distance: int = 1_000_000_000
 
 
 @dataclass
@@ -221,6 +248,7 @@ class ReferenceConfig(_Frozen):
     # by the policy's ZeRO stage: no devices or actors of its own, at the cost of 1/world_size of
     # the model's weights per trainer rank under ZeRO-3 (all of them at stages 0-2).
     placement: str = "separate"  # separate | trainer
+    max_tokens_per_micro_batch: Optional[int] = None  # null: trainer.max_tokens_per_micro_batch
 
 
 @dataclass
@@ -229,6 +257,7 @@ class CriticConfig(_Frozen):
 
     model_path: Optional[str] = None  # null: the policy's model.path, with a fresh value head
     lr: float = 1.0e-5
+    max_tokens_per_micro_batch: Optional[int] = None  # null: trainer.max_tokens_per_micro_batch
 
 
 @dataclass
@@ -240,6 +269,7 @@ class RewardModelConfig(_Frozen):
     weight: float = 1.0
     num_workers: int = 1
     max_length: int = 512
+    max_tokens_per_micro_batch: Optional[int] = None  # null: trainer.max_tokens_per_micro_batch
 
 
 @dataclass

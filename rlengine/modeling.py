@@ -1,12 +1,15 @@
 """Model-side helpers shared by the trainer and the reference roles (no Ray, no vLLM)."""
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 
 import torch
 
 from rlengine.algos.losses import entropy_from_logits, logprobs_from_logits
+
+log = logging.getLogger("rlengine")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,9 +76,30 @@ def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool
     return logp_BR, entropy_from_logits(logits_BRV)
 
 
-def load_causal_lm(path: str, dtype: str, attn_implementation: str, trust_remote_code: bool = False, **kw):
+_warned_attn: set = set()
+
+
+def attn_implementation(requested: str) -> str:
+    """`requested`, or sdpa when it names a flash-attention kernel that is not installed (flash-attn
+    needs CUDA and builds from source): warned once per process, not an error, so a GPU recipe's
+    setting still runs where the package is missing."""
+    if not requested.startswith("flash_attention"):
+        return requested
+    import importlib.util
+
+    module = "flash_attn_interface" if requested == "flash_attention_3" else "flash_attn"
+    if importlib.util.find_spec(module) is not None and torch.cuda.is_available():
+        return requested
+    if requested not in _warned_attn:
+        _warned_attn.add(requested)
+        why = "no CUDA device" if importlib.util.find_spec(module) is not None else f"{module} is not installed"
+        log.warning("model.attn_implementation=%s: %s; using sdpa", requested, why)
+    return "sdpa"
+
+
+def load_causal_lm(path: str, dtype: str, attn_impl: str, trust_remote_code: bool = False, **kw):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation(attn_impl),
         trust_remote_code=trust_remote_code, **kw)

@@ -46,6 +46,8 @@ class Plan:
     # "adapter" (vLLM's LoRA path) or "merged" (full weights); None without LoRA.
     lora: bool = False
     lora_sync: Optional[str] = None
+    # vLLM's sleep level between rollouts (rollout.sleep_level when colocated with the trainer, else 0).
+    sleep_level: int = 0
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:
@@ -56,6 +58,31 @@ def _choice(key: str, value: Any, allowed: tuple) -> None:
 def _positive(key: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _check_memory_keys(cfg: RootConfig) -> None:
+    t = cfg.trainer
+    for key, value in (("trainer.max_tokens_per_micro_batch", t.max_tokens_per_micro_batch),
+                       ("reference.max_tokens_per_micro_batch", cfg.reference.max_tokens_per_micro_batch),
+                       ("critic.max_tokens_per_micro_batch", cfg.critic.max_tokens_per_micro_batch),
+                       ("reward_model.max_tokens_per_micro_batch", cfg.reward_model.max_tokens_per_micro_batch),
+                       ("trainer.reduce_bucket_size", t.reduce_bucket_size),
+                       ("trainer.stage3_prefetch_bucket_size", t.stage3_prefetch_bucket_size)):
+        if value is not None:
+            _positive(key, value)
+    if t.stage3_param_persistence_threshold is not None:
+        _positive("trainer.stage3_param_persistence_threshold", t.stage3_param_persistence_threshold, allow_zero=True)
+    _positive("trainer.logits_chunk_tokens", t.logits_chunk_tokens)
+    _positive("trainer.stage3_max_live_parameters", t.stage3_max_live_parameters)
+    _positive("trainer.stage3_max_reuse_distance", t.stage3_max_reuse_distance, allow_zero=True)
+    _choice("trainer.grad_accum_dtype", t.grad_accum_dtype, (None, "float32", "bfloat16", "float16"))
+    _choice("rollout.sleep_level", cfg.rollout.sleep_level, (0, 1, 2))
+    _choice("model.attn_implementation", cfg.model.attn_implementation,
+            ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"))
+    if t.offload_params and t.zero_stage != 3:
+        raise ConfigError("trainer.offload_params", f"parameter offload is ZeRO-3's (trainer.zero_stage={t.zero_stage})")
+    if (t.offload_optimizer or t.offload_params) and t.zero_stage == 0:
+        raise ConfigError("trainer.offload_optimizer", "ZeRO-Offload needs trainer.zero_stage >= 1")
 
 
 def validate(cfg: RootConfig) -> Plan:
@@ -129,6 +156,7 @@ def validate(cfg: RootConfig) -> Plan:
     if cfg.resources.colocate and r.num_workers > t.world_size:
         raise ConfigError("resources.colocate", f"colocating {r.num_workers} rollout workers needs as many trainer "
                                                 f"ranks (trainer.world_size={t.world_size})")
+    _check_memory_keys(cfg)
     from rlengine import lora
 
     lora.check_config(cfg)
@@ -181,5 +209,12 @@ def validate(cfg: RootConfig) -> Plan:
         reference_in_trainer=use_reference and (cfg.reference.placement == "trainer" or use_lora),
         lora=use_lora,
         lora_sync=lora.sync_mode(cfg),
+        sleep_level=r.sleep_level if cfg.resources.colocate and uses.rollout else 0,
         **fields,
     )
+
+
+if __name__ == "__main__":
+    from rlengine.memory import main
+
+    main()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from rlengine.algos import losses as L
-from rlengine.modeling import DTYPES
+from rlengine.modeling import DTYPES, attn_implementation
 from rlengine.protocol import Batch
 from rlengine.layout import length_bucketed
 from rlengine.workers.trainer import TrainerWorker, concurrent_update
@@ -32,7 +32,7 @@ class CriticWorker(TrainerWorker):
 
         m = self.cfg.model
         return AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=1, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation,
+            path, num_labels=1, dtype=DTYPES[m.dtype], attn_implementation=attn_implementation(m.attn_implementation),
             trust_remote_code=m.trust_remote_code, **self._quantized())
 
     def _lr(self) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from rlengine import faults
 from rlengine.config import RootConfig
-from rlengine.modeling import DTYPES, set_threads
+from rlengine.modeling import DTYPES, attn_implementation, set_threads
 from rlengine.layout import encode_texts
 from rlengine.protocol import Batch
 from rlengine.workers.trainer import TrainerWorker
@@ -22,7 +22,7 @@ def load_reward_model(path: str, cfg: RootConfig, **kw):
 
     m = cfg.model
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=DTYPES[m.dtype], attn_implementation=m.attn_implementation,
+        path, num_labels=1, dtype=DTYPES[m.dtype], attn_implementation=attn_implementation(m.attn_implementation),
         trust_remote_code=m.trust_remote_code, **kw)
     if model.config.pad_token_id is None:
         raise ValueError(f"{path}: the reward model's config needs pad_token_id to find each sequence's last token")
