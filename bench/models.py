@@ -48,6 +48,19 @@ def build(size: str) -> Path:
     return out
 
 
+def embed_params(path: Path) -> int:
+    """Elements of the input embedding when it is not tied to the output head (a lookup: no FLOPs)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+        if "model.embed_tokens.weight" not in keys or "lm_head.weight" not in keys:
+            return 0
+        return math.prod(f.get_slice("model.embed_tokens.weight").get_shape())
+
+
 def n_params(path: Path) -> int:
     from safetensors import safe_open
 

@@ -211,8 +211,9 @@ class TrainerConfig(_Frozen):
     # grouped by length and each micro-batch holds as many as fit.  null: micro_batch_size rows.
     max_tokens_per_micro_batch: Optional[int] = None
     # Response positions projected to the vocabulary at once by a log-prob/entropy pass (the
-    # [chunk, V] logits are the pass's largest tensor: 0.6 GB fp32 at V = 151,936 and 1,024 tokens).
-    logits_chunk_tokens: int = 1024
+    # [chunk, V] logits are the pass's largest tensor: 0.3 GB fp32 at V = 151,936 and 512 tokens;
+    # bench/results/logprob_memory.md).
+    logits_chunk_tokens: int = 512
     # Gradient accumulation dtype of bf16/fp16 runs: float32 (DeepSpeed's data_types.grad_accum_dtype)
     # or null, which follows the model dtype.
     grad_accum_dtype: Optional[str] = "float32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,6 +24,11 @@ from rlengine.weight_sync import EngineLost, WeightSync, WeightSyncError
 from rlengine.workers.group import WorkerGroup
 
 log = logging.getLogger("rlengine")
+ENGINE_MEMORY = ("weights", "kv_cache")  # what a sleeping vLLM engine releases (LLM.wake_up's tags)
+
+
+def _untimed(name: str):
+    return nullcontext()
 
 
 @dataclass
@@ -51,6 +57,14 @@ class Controller:
         # a dead rank stops the run like any trainer death), or the restartable reference role.
         self.ref_log_probs = (partial(roles.trainer.map_batch, "ref_log_probs") if plan.reference_in_trainer
                               else partial(self.redo, roles.reference, "log_probs"))
+        # Hybrid colocation (plan.sleep_level > 0; never otherwise): outside generation the engines'
+        # KV cache is asleep and the trainer's states resident.  `asleep` is what the engines were
+        # last told to release; `sleep_stats` counts the group calls (cumulative, in step metrics).
+        self.asleep: set[str] = set()
+        self.sleep_stats = ({"sleep/sleeps": 0, "sleep/wakes": 0, "sleep/skipped": 0, "sleep/freed_gib": 0.0}
+                            if plan.sleep_level else {})
+        self.offload_trainer = bool(plan.sleep_level) and cfg.trainer.offload_during_rollout
+        self.trainer_offloaded = False
 
     def step(self, step: int) -> dict:
         return self.stage.step(self, step)
@@ -120,7 +134,10 @@ class Controller:
 
     def sync_weights(self, step: int | None = None) -> dict:
         """Trainer -> every rollout engine (rlengine/weight_sync), verified; a mismatch or a hung
-        peer stops the run.  An engine that dies in the transfer is restarted and the push redone."""
+        peer stops the run.  An engine that dies in the transfer is restarted and the push redone.
+        Sleeping engines get their weights' memory back first (timed as part of the sync)."""
+        if "weights" in self.asleep:
+            self._wake("weights")
         while True:
             try:
                 return self.weight_sync.push(step)
@@ -133,10 +150,55 @@ class Controller:
                             e, self.faults[key], self.roles.rollout.max_restarts)
                 self.roles.rollout.wait_ready(self.cfg.fault.restart_timeout_s)
 
+    def wake_engines(self, step: int | None = None, timer=_untimed) -> None:
+        """Before generating, in verl's order: the weights' memory (at level 2, which discarded
+        them, filled by a full weight sync), then, once the trainer no longer needs the memory
+        (trainer.offload_during_rollout: its states moved to host memory), the KV cache."""
+        if not self.asleep:
+            return
+        with timer("wake"):
+            if "weights" in self.asleep:
+                if self.plan.sleep_level == 2:
+                    self.sync_weights(step)
+                else:
+                    self._wake("weights")
+            if self.offload_trainer:
+                self.roles.trainer.call_all("offload_states")
+                self.trainer_offloaded = True
+            self._wake("kv_cache")
+
+    def sleep_engines(self, timer=_untimed) -> None:
+        """After generating: the engines release their GPU memory (plan.sleep_level) for the
+        trainer's passes, and an offloaded trainer takes its states back."""
+        if not self.plan.sleep_level or self.asleep == set(ENGINE_MEMORY):
+            return
+        with timer("sleep"):
+            reports = self.roles.rollout.call_all("sleep", self.plan.sleep_level)
+            self.asleep = set(ENGINE_MEMORY)
+            if self.trainer_offloaded:
+                self.roles.trainer.call_all("reload_states")
+                self.trainer_offloaded = False
+        self._count("sleep/sleeps", reports)
+        self.sleep_stats["sleep/freed_gib"] = sum(r["freed_gib"] for r in reports) / len(reports)
+
+    def _wake(self, tag: str) -> None:
+        reports = self.roles.rollout.call_all("wake_up", [tag])
+        self.asleep.discard(tag)
+        if tag == "weights" and self.plan.sleep_level == 2:
+            # Level 2 discarded them: the next push carries every weight, the path an engine
+            # restart takes (with LoRA adapters the base goes again, not the adapter alone).
+            self.weight_sync.engines_have_base = False
+        self._count("sleep/wakes", reports)
+
+    def _count(self, key: str, reports: list[dict]) -> None:
+        self.sleep_stats[key] += 1
+        self.sleep_stats["sleep/skipped"] += int(any(r["skipped"] for r in reports))
+
     def evaluate_generation(self) -> dict:
         """Greedy answers to every held-out set, scored by its declared check (evaluate.HeldOut):
         eval/accuracy for data.test_path, eval/<name>/accuracy for each eval.sets entry."""
         out = {}
+        self.wake_engines()
         for held in self.heldout:
             t0 = time.perf_counter()
             prompts = self.encoder.to_batch(held.rows)
@@ -145,4 +207,5 @@ class Controller:
             out.update(held.metrics(gen["prompt"], gen["response"], gen["ground_truth"], gen["extra"],
                                     gen["response_length"]))
             out[f"timing_s/eval{held.suffix}"] = time.perf_counter() - t0
+        self.sleep_engines()
         return out

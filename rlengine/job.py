@@ -136,7 +136,7 @@ def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]
 
     model, tok = paths["model"], paths["tokenizer"]
     roles = Roles(trainer=group("trainer", _import(stage.trainer), ranks(model, "trainer")))
-    if plan.use_rollout:
+    if plan.use_rollout and not colocate:
         roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
     if plan.use_reference and not plan.reference_in_trainer:
         roles.reference = group("reference", ReferenceWorker, lambda rank: ((cfg, model, plan.micro_batch_size), {}))
@@ -145,6 +145,13 @@ def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]
     if plan.use_reward_model:
         roles.reward_model = group("reward_model", RewardModelWorker, lambda rank: (
             (cfg, paths["reward_model"], paths["reward_model_tokenizer"], plan.micro_batch_size), {}))
+    if colocate:
+        # vLLM starts only if gpu_memory_utilization x device memory is free: the trainer ranks'
+        # resident states first, so that check (and the KV cache size) sees the memory the engines
+        # will really share.  The engines sleep once the controller exists (job._run).
+        roles.trainer.placement()
+        roles.rollout = group("rollout", RolloutWorker, lambda rank: (
+            (cfg, model, tok, rank), {"sleep_level": plan.sleep_level}))
     # Constructors run concurrently; wait for all (ZeRO-3 ranks must meet to initialise).
     for g in roles.all():
         g.placement()
@@ -229,6 +236,7 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
         where = describe({g.name: [p["node_id"] for p in g.placement()] for g in roles.all()})
         log.info("roles up in %.1fs; placement: %s", time.time() - t0, where)
         ctl = Controller(cfg, plan, stage, roles, rewards, encoder, loader, test_rows, heldout)
+        ctl.sleep_engines()  # hybrid colocation: vLLM sleeps until its first generation
         start_step, carried = resume.begin(decision, ctl, roles)
         if roles.rollout is not None and (start_step or plan.lora):
             # The engines start from model.path; a resumed policy, or a LoRA policy's base (its

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlengine import preflight
 
     try:
-        preflight.check(cfg)  # model and data paths, before Ray starts
+        preflight.check(cfg, plan)  # model and data paths, and whether each role fits, before Ray starts
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -50,6 +50,14 @@ class Plan:
     sleep_level: int = 0
 
 
+def token_budget(cfg: RootConfig, role: str) -> Optional[int]:
+    """The token budget (rows x padded width) of one micro-batch of `role`'s forwards: its own
+    max_tokens_per_micro_batch, else the trainer's; None: trainer.micro_batch_size rows.
+    Roles: trainer (the policy and any trainer built on it), reference, critic, reward_model."""
+    own = None if role == "trainer" else getattr(cfg, role).max_tokens_per_micro_batch
+    return own if own is not None else cfg.trainer.max_tokens_per_micro_batch
+
+
 def _choice(key: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
@@ -80,7 +88,8 @@ def _check_memory_keys(cfg: RootConfig) -> None:
     _choice("model.attn_implementation", cfg.model.attn_implementation,
             ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"))
     if t.offload_params and t.zero_stage != 3:
-        raise ConfigError("trainer.offload_params", f"parameter offload is ZeRO-3's (trainer.zero_stage={t.zero_stage})")
+        raise ConfigError("trainer.offload_params",
+                          f"parameter offload is ZeRO-3's (trainer.zero_stage={t.zero_stage})")
     if (t.offload_optimizer or t.offload_params) and t.zero_stage == 0:
         raise ConfigError("trainer.offload_optimizer", "ZeRO-Offload needs trainer.zero_stage >= 1")
 

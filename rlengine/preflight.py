@@ -6,6 +6,7 @@ id (in the local HF cache when HF_HUB_OFFLINE is set).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from rlengine import tiny
@@ -16,6 +17,7 @@ MODEL_FILES = ("config.json",)
 # AutoTokenizer also reads the slow-tokenizer vocab files of older checkpoints.
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+log = logging.getLogger("rlengine")
 
 
 def tiny_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -83,8 +85,9 @@ def check_data_path(key: str, path: str) -> None:
         raise ConfigError(key, f"{path}: no such file")
 
 
-def check(cfg: RootConfig) -> None:
-    """Raise ConfigError naming the first path key that cannot be loaded."""
+def check(cfg: RootConfig, plan=None) -> None:
+    """Raise ConfigError naming the first path key that cannot be loaded, then refuse a recipe whose
+    roles cannot fit their devices (check_memory).  plan: the validated Plan (derived when None)."""
     m, rm = cfg.model, cfg.reward_model
     check_model_path("model.path", m.path)
     if m.tokenizer_path:
@@ -104,6 +107,22 @@ def check(cfg: RootConfig) -> None:
     from rlengine import lora
 
     lora.check_modules("model.path", _config_dir(m.path), m)
+    check_memory(cfg, plan)
+
+
+def check_memory(cfg: RootConfig, plan=None) -> None:
+    """The memory planner's fit check (rlengine.memory.check_fits): ConfigError with the overrides
+    that would fit on GPUs; a warning only on CPU.  Skipped, with a log line, when a model's
+    config.json cannot be read here (the path checks above judge the path itself)."""
+    from rlengine import memory
+    from rlengine.plan import validate
+
+    try:
+        memory.shapes_of(cfg)
+    except Exception as e:  # an unreadable or unknown config.json: nothing to plan from
+        log.info("memory check skipped: %s", e)
+        return
+    memory.check_fits(cfg, plan if plan is not None else validate(cfg))
 
 
 def _config_dir(path: str) -> str:

@@ -224,12 +224,12 @@ def test_valid_edge_values_pass():
 def test_combination_error_points_at_recipe_line(tmp_path, monkeypatch):
     # The override changes prompts_per_step, but the rule that fails is on world_size, which
     # the recipe sets: the error names the key and its file:line.
-    # grpo_qwen_math: 3 prompts * 8 = 24 samples, 4 minibatches -> 6, world_size 4 -> error.
+    # grpo_qwen_math: 3 prompts * 8 = 24 samples, 4 minibatches -> 6, world_size 8 -> error.
     e = _err("grpo_qwen_math", ["data.prompts_per_step=3"])
     assert e.key == "trainer.world_size"
-    assert "6 samples does not split over 4 ranks" in str(e)
+    assert "6 samples does not split over 8 ranks" in str(e)
     recipe = RECIPES / "grpo_qwen_math.yaml"
-    assert e.where == f"{recipe}:{_line_of(recipe, '  world_size: 4')}"
+    assert e.where == f"{recipe}:{_line_of(recipe, '  world_size: 8')}"
 
 
 # ---------------------------------------------------------------- errors inside a recipe file
@@ -288,10 +288,12 @@ def test_grpo_qwen_math_recipe():
     assert cfg.model.dtype == "bfloat16" and plan.dtype == "bfloat16"
     assert cfg.resources.device == "cuda"
     assert cfg.model.path.startswith("Qwen/")
-    # 128 prompts x 8 = 1024 samples; 4 minibatches of 256; 4 ranks -> 64 per rank; micro 16 -> 4
+    # 128 prompts x 8 = 1024 samples; 4 minibatches of 256; 8 ranks -> 32 per rank; micro 8 -> 4
     assert (plan.samples_per_step, plan.minibatch_size, plan.micro_batch_size,
-            plan.micro_batches_per_minibatch) == (1024, 256, 16, 4)
-    assert plan.use_reference is True
+            plan.micro_batches_per_minibatch) == (1024, 256, 8, 4)
+    assert plan.use_reference is True and plan.reference_in_trainer
+    # Hybrid: one trainer rank and one sleeping vLLM engine per GPU.
+    assert cfg.resources.colocate and plan.sleep_level == 1 and not cfg.rollout.enforce_eager
 
 
 def test_grpo_qwen_math_loads_the_main_config_of_gsm8k():
@@ -306,32 +308,37 @@ def test_grpo_qwen_math_placement_by_hand():
 
     raw = yaml.safe_load((RECIPES / "grpo_qwen_math.yaml").read_text())
     res, tr, ro, ref = raw["resources"], raw["trainer"], raw["rollout"], raw["reference"]
-    tp = ro.get("tensor_parallel_size", 1)
-    n_actors = tr["world_size"] + ro["num_workers"] + ref["num_workers"]
-    gpus = (tr["world_size"] * res["gpus_per_trainer"]
-            + ro["num_workers"] * res["gpus_per_rollout"] * tp
-            + ref["num_workers"] * res["gpus_per_reference"])
-    cpus = n_actors * res["cpus_per_actor"]
-    assert (gpus, cpus) == (9, 36)  # the recipe as written: 4 + 4 + 1 GPUs, 9 actors x 4 CPUs
+    # Hybrid: the engines share the trainer ranks' bundles, the reference lives in the ranks.
+    assert res["colocate"] and ro["num_workers"] == tr["world_size"] and ref["placement"] == "trainer"
+    gpus = tr["world_size"] * res["gpus_per_trainer"]
+    cpus = tr["world_size"] * res["cpus_per_actor"]
+    assert (gpus, cpus) == (8, 32)  # the recipe as written: 8 bundles of 1 GPU + 4 CPUs
 
     cfg, plan = load_config("grpo_qwen_math", [])
     specs = role_specs(cfg, plan)
-    assert [(s.name, s.count, s.gpus) for s in specs] == [("trainer", 4, 1.0), ("rollout", 4, 1.0),
-                                                          ("reference", 1, 1.0)]
+    assert [(s.name, s.count, s.gpus) for s in specs] == [("trainer", 8, 1.0)]
     assert required(specs) == {"CPU": cpus, "GPU": gpus}
 
     with pytest.raises(PlacementError) as ei:
         check_resources(specs, {"CPU": 2})
     msg = str(ei.value)
-    assert "CPU: need 36 (trainer 4x4, rollout 4x4, reference 1x4), cluster has 2 (short 34)" in msg
-    assert "GPU: need 9 (trainer 4x1, rollout 4x1, reference 1x1), cluster has 0 (short 9)" in msg
-    check_resources(specs, {"CPU": 36, "GPU": 9})  # exactly enough: no error
+    assert "CPU: need 32 (trainer 8x4), cluster has 2 (short 30)" in msg
+    assert "GPU: need 8 (trainer 8x1), cluster has 0 (short 8)" in msg
+    check_resources(specs, {"CPU": 32, "GPU": 8})  # exactly enough: no error
+
+    # The separate layout of the same recipe: 8 + 8 GPUs, and a reference GPU.
+    cfg, plan = load_config("grpo_qwen_math", ["resources.colocate=false", "reference.placement=separate"])
+    assert [(s.name, s.count, s.gpus) for s in role_specs(cfg, plan)] == [
+        ("trainer", 8, 1.0), ("rollout", 8, 1.0), ("reference", 1, 1.0)]
+    assert plan.sleep_level == 0
 
 
 def test_placement_tensor_parallel_and_no_reference():
     from rlengine.placement import required, role_specs
 
-    cfg, plan = load_config("grpo_qwen_math", ["rollout.tensor_parallel_size=2", "algorithm.kl_coef=0"])
+    cfg, plan = load_config("grpo_qwen_math", ["rollout.tensor_parallel_size=2", "algorithm.kl_coef=0",
+                                               "resources.colocate=false", "trainer.world_size=4",
+                                               "rollout.num_workers=4"])
     specs = role_specs(cfg, plan)
     assert [s.name for s in specs] == ["trainer", "rollout"]
     assert required(specs) == {"CPU": 32.0, "GPU": 4 * 1 + 4 * 1 * 2}
@@ -450,10 +457,10 @@ def test_reference_placement_is_checked():
 def test_reference_in_trainer_has_no_role_of_its_own():
     from rlengine.placement import required, role_specs
 
-    cfg, plan = load_config("grpo_qwen_math", ["reference.placement=trainer"])
+    cfg, plan = load_config("grpo_qwen_math", ["reference.placement=trainer", "resources.colocate=false"])
     specs = role_specs(cfg, plan)
     assert [s.name for s in specs] == ["trainer", "rollout"]
-    assert required(specs)["GPU"] == 4 + 4  # the reference's GPU is not requested
+    assert required(specs)["GPU"] == 8 + 8  # the reference's GPU is not requested
     cfg, plan = load_config("ppo_qwen_math", ["reference.placement=trainer"])
     assert {s.name for s in role_specs(cfg, plan)} == {"trainer", "rollout", "critic"}
 

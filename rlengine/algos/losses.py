@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 Normaliser = float | int | Tensor | None
 
@@ -275,6 +276,84 @@ def logprobs_from_logits(logits_BTV: Tensor, labels_BT: Tensor) -> Tensor:
     z = logits_BTV.float() if logits_BTV.dtype in (torch.float16, torch.bfloat16) else logits_BTV
     picked = torch.gather(z, -1, labels_BT.long().unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(z, dim=-1)
+
+
+def _logsumexp_(z_nV: Tensor) -> Tensor:
+    """logsumexp over the last dim as torch.logsumexp computes it (max, shifted exp, sum, log,
+    max back; an infinite max shifts by 0), overwriting z_nV instead of allocating a copy."""
+    m_n1 = z_nV.amax(dim=-1, keepdim=True)
+    m_n1.masked_fill_(m_n1.abs() == math.inf, 0)
+    return z_nV.sub_(m_n1).exp_().sum(-1).log_().add_(m_n1.squeeze(-1))
+
+
+def chunked_logprobs(
+    rows_N: Tensor,
+    labels_N: Tensor,
+    project: Callable[[Tensor], Tensor],
+    *,
+    temperature: float = 1.0,
+    chunk_tokens: int = 512,
+    with_entropy: bool = False,
+    entropy_grad: bool = True,
+    n_chunks: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs of labels (and entropies) from logits made ``chunk_tokens`` rows at a time.
+
+    With z_n = project(rows_N[n]).float() / temperature  ([V], fp32 whatever project's dtype):
+      logp_n = z_n[label_n] - logsumexp(z_n)
+      H_n    = logsumexp(z_n) - sum_v softmax(z_n)_v * z_n,v
+    the same formulas as ``logprobs_from_logits`` / ``entropy_from_logits``, so the values match the
+    full-logits computation. ``rows_N`` is anything with N leading rows that ``project`` turns into
+    logits: hidden states [N, H] with project = the output head (logits [n, V]), or row indices.
+
+    Memory: the logits exist one chunk [chunk_tokens, V] (fp32) at a time. Without gradients
+    project's output is overwritten in place (it must be a new tensor, as a Linear's output is):
+    log-probs alone need that one tensor, the entropy one more. With gradients each chunk runs under
+    a non-reentrant checkpoint, so the graph keeps its inputs, not its logits, and backward
+    recomputes them (as Liger-Kernel's fused linear cross-entropy does), a few [chunk_tokens, V]
+    tensors at a time. ``entropy_grad=False`` computes H under no_grad (a metric only, none of its
+    softmax kept for backward), detached.
+
+    ``project`` is called exactly ``n_chunks`` times (default and minimum: ceil(N / chunk_tokens),
+    at least 1; chunks past the rows are empty): a caller whose head gathers sharded weights at
+    each call (ZeRO-3) passes the same count on every rank. The empty chunk of N = 0 still links
+    the outputs to project's parameters, so a loss over them can always be backpropagated.
+
+    Shapes: rows [N, ...], labels [N] -> logp [N] fp32, entropy [N] fp32 (None without entropy).
+    """
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    N = labels_N.shape[0]
+    n_chunks = max(n_chunks or 0, 1, -(-N // chunk_tokens))
+    labels_N = labels_N.long()
+
+    def one(rows_n: Tensor, labels_n: Tensor) -> tuple[Tensor, ...]:
+        z_nV = project(rows_n).float()
+        if temperature != 1.0:
+            z_nV = z_nV / temperature
+        picked_n = torch.gather(z_nV, -1, labels_n.unsqueeze(-1)).squeeze(-1)
+        if not torch.is_grad_enabled():
+            # No graph: z is this call's own tensor and may be overwritten, so logp alone needs no
+            # second [n, V] tensor (the entropy's softmax is one, before z is).
+            pz_n = torch.softmax(z_nV, dim=-1).mul_(z_nV).sum(-1) if with_entropy else None
+            lse_n = _logsumexp_(z_nV)
+            return (picked_n - lse_n,) if pz_n is None else (picked_n - lse_n, lse_n - pz_n)
+        lse_n = torch.logsumexp(z_nV, dim=-1)
+        logp_n = picked_n - lse_n
+        if not with_entropy:
+            return (logp_n,)
+        if entropy_grad:
+            return logp_n, lse_n - (torch.softmax(z_nV, dim=-1) * z_nV).sum(-1)
+        with torch.no_grad():
+            return logp_n, lse_n - torch.softmax(z_nV, dim=-1).mul_(z_nV).sum(-1)
+
+    checkpointed = torch.is_grad_enabled()
+    outs = []
+    for i in range(n_chunks):
+        args = (rows_N[i * chunk_tokens:(i + 1) * chunk_tokens], labels_N[i * chunk_tokens:(i + 1) * chunk_tokens])
+        outs.append(checkpoint(one, *args, use_reentrant=False) if checkpointed else one(*args))
+    logp_N = torch.cat([o[0] for o in outs])
+    return logp_N, torch.cat([o[1] for o in outs]) if with_entropy else None
 
 
 def sft_loss(

@@ -148,19 +148,22 @@ class DPO(Supervised):
         pairs = worker.global_sum(float(len(batch) // 2))
         chosen_tokens = worker.global_sum(float(batch["response_mask"][0::2].sum()))
         total, nll_total, parts = 0.0, 0.0, []
-        for micro in batch.chunk_by_size(worker.plan.micro_batch_size):
-            micro = micro.to(worker.device)
+        for micro in worker.micro_batches(batch, train=True, pairs=True):
+            # A padding pair (a copy, response_mask 0) only keeps the ranks' forwards in step: weight 0.
+            weight = 0.0 if micro.info.get("padding") else 1.0
             mask_BR = micro["response_mask"]
-            logp_BR = response_logprobs(worker.engine, micro, 1.0)
+            logp_BR = response_logprobs(worker.engine, micro, 1.0, chunk_tokens=worker.cfg.trainer.logits_chunk_tokens)
             loss, m = _loss(worker.cfg, sequence_logps(logp_BR, mask_BR), micro["ref_logps"].to(worker.device)
                             if "ref_logps" in micro else None, mask_BR.sum(-1), normaliser=pairs)
             if a.rpo_alpha:
                 nll = -(logp_BR[0::2] * mask_BR[0::2]).sum() / max(chosen_tokens, 1.0)
                 loss = loss + a.rpo_alpha * nll
                 nll_total += float(nll.detach())
+            loss = loss * weight
             worker.backward(loss)
             total += float(loss.detach())
-            parts.append((len(micro) // 2, m))
+            if weight:
+                parts.append((len(micro) // 2, m))
         worker.optimizer_steps += 1
         n = sum(k for k, _ in parts)
         metrics = {key: sum(k * m[key] for k, m in parts) / n for key in parts[0][1]}

@@ -11,7 +11,7 @@ import torch
 from rlengine.algos import losses as L
 from rlengine.algos.advantages import broadcast_to_tokens, get_advantage
 from rlengine.errors import ConfigError
-from rlengine.layout import concat_rollouts, length_bucketed
+from rlengine.layout import concat_rollouts
 from rlengine.stages.base import Stage, Timer, Uses, mean_dicts
 
 
@@ -69,11 +69,13 @@ class SequenceRL(Stage):
         a, plan, roles, timer = self.cfg.algorithm, self.plan, ctl.roles, Timer()
         with timer("step"):
             prompts = ctl.prompts(ctl.loader.next(), step)
+            ctl.wake_engines(step, timer)  # hybrid colocation only: vLLM's memory back, as verl orders it
             with timer("rollout"):
                 # Each engine packs its shard to its own widths; concat_rollouts re-pads them to one.
                 batch = ctl.redo(roles.rollout, "generate", prompts, a.group_size, join=concat_rollouts)  # [B*G, ...]
                 batch = batch.update(group_id=torch.arange(len(prompts)).repeat_interleave(a.group_size)).with_info(
                     step=step, kl_coef=self.kl_ctl.value)
+            ctl.sleep_engines(timer)  # hybrid colocation only: the GPUs to the trainer's passes
             with timer("reward"):
                 batch, scored = ctl.score(batch)
             if plan.use_reference:
@@ -94,7 +96,7 @@ class SequenceRL(Stage):
         ctl.check_drift(metrics["sync/logprob_drift"])
         metrics["actor/kl_coef"] = self.kl_ctl.value
         self.kl_ctl.update(metrics.get("actor/ref_kl", 0.0), len(batch))
-        return {**metrics, **train_metrics, **sync_metrics, **timer.t, **ctl.faults,
+        return {**metrics, **train_metrics, **sync_metrics, **timer.t, **ctl.faults, **ctl.sleep_stats,
                 "perf/throughput_tokens_per_s": float(batch["attention_mask"].sum()) / timer.t["timing_s/step"]}
 
     def train(self, ctl, batch) -> dict:
@@ -152,9 +154,10 @@ class SequenceRL(Stage):
             for i, mb in enumerate(batch.index(perm).split(a.minibatches)):
                 norm = worker.normaliser(mb)
                 measure = "old_logp" not in batch and epoch == 0 and i == 0
-                micro_metrics = [_micro_step(worker, m, norm, kl_coef, drift if measure else None) for m in
-                                 length_bucketed(mb, worker.plan.micro_batch_size, worker.device,
-                                                 worker.cfg.trainer.compile)]
+                micros = worker.micro_batches(mb, train=True)
+                micro_metrics = [_micro_step(worker, m, norm, kl_coef, drift if measure else None) for m in micros]
+                # A padding micro-batch (response_mask 0: zero loss and gradient) reports no metrics.
+                micro_metrics = [x for x, m in zip(micro_metrics, micros) if not m.info.get("padding")]
                 worker.optimizer_steps += 1
                 step = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in micro_metrics[0]}
                 for k in ("actor/pg_loss", "actor/kl_loss"):  # additive over micro-batches and ranks
@@ -174,7 +177,10 @@ def _micro_step(worker, micro, norm: float, kl_coef: float, drift: list[float] |
 
     a = worker.cfg.algorithm
     mask_BR = micro["response_mask"]
-    logp_BR, ent_BR = response_logprobs(worker.engine, micro, worker.cfg.rollout.temperature, with_entropy=True)
+    # The entropy is always reported; it carries a gradient only when it is part of the loss.
+    logp_BR, ent_BR = response_logprobs(worker.engine, micro, worker.cfg.rollout.temperature, with_entropy=True,
+                                        entropy_grad=bool(a.entropy_coef),
+                                        chunk_tokens=worker.cfg.trainer.logits_chunk_tokens)
     adv_BR = micro["advantages"]  # [B, R], zero outside the response mask
     if drift is not None:
         drift[0] += float(((micro["rollout_logp"] - logp_BR.detach()).abs() * mask_BR).sum())

@@ -82,12 +82,16 @@ class RewardModel(Supervised):
         worker.engine.train()
         norm = worker.global_sum(float(len(batch) // 2))
         loss_sum, acc = 0.0, []
-        for micro in batch.chunk_by_size(worker.plan.micro_batch_size):
-            r_B = worker.pair_scores_of(micro.to(worker.device))
+        for micro in worker.micro_batches(batch, train=True, pairs=True):
+            r_B = worker.pair_scores_of(micro)
             loss, m = bradley_terry_loss(r_B[0::2], r_B[1::2], normaliser=norm)
+            # A padding pair (a copy) only keeps the ranks' forwards in step: weight 0.
+            padding = micro.info.get("padding", False)
+            loss = loss * 0.0 if padding else loss
             worker.backward(loss)
             loss_sum += float(loss.detach())
-            acc.append(float(m["accuracy"]))
+            if not padding:
+                acc.append(float(m["accuracy"]))
         worker.optimizer_steps += 1
         return {"rm/loss": loss_sum * worker.world_size, "rm/train_accuracy": sum(acc) / len(acc),
                 "actor/grad_norm": worker.grad_norm(), "actor/lr": worker.scheduler.get_last_lr()[0]}

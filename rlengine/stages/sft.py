@@ -109,9 +109,8 @@ class SFT(Supervised):
         worker.engine.train()
         norm = worker.global_sum(float(batch["response_mask"].sum()))
         total = 0.0
-        for micro in batch.chunk_by_size(worker.plan.micro_batch_size):
-            micro = micro.to(worker.device)
-            logp_BR = response_logprobs(worker.engine, micro)
+        for micro in worker.micro_batches(batch, train=True):  # a padding one has response_mask 0: no loss
+            logp_BR = response_logprobs(worker.engine, micro, chunk_tokens=worker.cfg.trainer.logits_chunk_tokens)
             loss = L.sft_loss(logp_BR, micro["response_mask"], agg_mode="token-mean", normaliser=max(norm, 1.0))
             worker.backward(loss)
             total += float(loss.detach())

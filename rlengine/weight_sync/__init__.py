@@ -16,10 +16,19 @@ the engine, rank and tensor on any mismatch.  On vLLM's CPU build the loaded lin
 repacked into oneDNN handles and cannot be read back: the loaded model is verified there by the
 log-prob drift check (`sync/logprob_drift`, controller), every step.
 """
-from rlengine.weight_sync.driver import EngineLost, WeightSync
 from rlengine.weight_sync.shm import SharedWeights, boot_id, open_shared
 from rlengine.weight_sync.verify import (BUCKET_BYTES, SyncReport, WeightSyncError, bucketize, check_shards,
                                          checksum, compare, engine_check, tensor_checksum)
 
 __all__ = ["BUCKET_BYTES", "EngineLost", "SharedWeights", "SyncReport", "WeightSync", "WeightSyncError", "boot_id",
            "bucketize", "check_shards", "checksum", "compare", "engine_check", "open_shared", "tensor_checksum"]
+
+
+def __getattr__(name: str):
+    # The driver imports Ray; the trainer side (sender, verify) must import without it, so that a
+    # trainer runs on a bare GPU machine (bench/gpu_check.py).
+    if name in ("EngineLost", "WeightSync"):
+        from rlengine.weight_sync import driver
+
+        return getattr(driver, name)
+    raise AttributeError(f"module 'rlengine.weight_sync' has no attribute {name!r}")

@@ -10,7 +10,6 @@ import torch
 from rlengine.algos import losses as L
 from rlengine.modeling import DTYPES, attn_implementation
 from rlengine.protocol import Batch
-from rlengine.layout import length_bucketed
 from rlengine.workers.trainer import TrainerWorker, concurrent_update
 
 
@@ -25,6 +24,7 @@ def response_values(model, batch) -> torch.Tensor:
 
 class CriticWorker(TrainerWorker):
     hosts_reference = False
+    budget_role = "critic"
     lora_task = "TOKEN_CLS"
 
     def _load_model(self, path: str):
@@ -41,9 +41,8 @@ class CriticWorker(TrainerWorker):
     @torch.no_grad()
     def values(self, batch: Batch) -> Batch:
         self.engine.eval()
-        outs = [response_values(self.engine, m.to(self.device)).cpu()
-                for m in batch.chunk_by_size(self.plan.micro_batch_size)]
-        return Batch(tensors={"values": torch.cat(outs)})
+        mbs = self.micro_batches(batch)
+        return Batch(tensors={"values": mbs.gather([response_values(self.engine, m) for m in mbs])})
 
     @concurrent_update
     def update_critic(self, batch: Batch) -> dict:
@@ -57,13 +56,15 @@ class CriticWorker(TrainerWorker):
             for mb in batch.index(perm).split(a.minibatches):
                 norm = self.normaliser(mb)
                 losses, clips = [], []
-                for micro in length_bucketed(mb, self.plan.micro_batch_size, self.device, self.cfg.trainer.compile):
+                for micro in self.micro_batches(mb, train=True):
                     v_BR = response_values(self.engine, micro)
+                    # A padding micro-batch (response_mask 0) adds nothing to the loss and no metric.
                     loss, m = L.value_loss_clipped(v_BR, micro["values"], micro["returns"], micro["response_mask"],
                                                    clip_range=a.value_clip, agg_mode=a.loss_agg, normaliser=norm)
                     self.backward(loss)
                     losses.append(float(loss.detach()))
-                    clips.append(float(m["vf_clip_frac"]))
+                    if not micro.info.get("padding"):
+                        clips.append(float(m["vf_clip_frac"]))
                 self.optimizer_steps += 1
                 per_step.append({"critic/value_loss": sum(losses) * self.world_size,
                                  "critic/vf_clip_frac": sum(clips) / len(clips),

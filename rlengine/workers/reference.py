@@ -6,20 +6,29 @@ a frozen copy inside each trainer rank, partitioned like the policy. Both score 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rlengine import faults
 from rlengine.config import RootConfig
-from rlengine.plan import Plan
+from rlengine.layout import micro_batches
 from rlengine.modeling import load_causal_lm, response_logprobs, set_threads
+from rlengine.plan import Plan, token_budget
 from rlengine.protocol import Batch
 
 
 @torch.no_grad()
-def reference_log_probs(model, batch: Batch, micro_batch_size: int, temperature: float, device) -> Batch:
-    """ref_logp_BR of `batch`, in micro-batches of `micro_batch_size` rows at the rollout temperature."""
-    outs = [response_logprobs(model, m.to(device), temperature).cpu() for m in batch.chunk_by_size(micro_batch_size)]
-    return Batch(tensors={"ref_logp": torch.cat(outs)})
+def reference_log_probs(model, batch: Batch, micro_batch_size: int, temperature: float, device,
+                        max_tokens: int | None = None, agree: Callable[[int], int] | None = None,
+                        chunk_tokens: int = 1024) -> Batch:
+    """ref_logp_BR of `batch` at the rollout temperature, in micro-batches of `micro_batch_size`
+    rows or of `max_tokens` tokens (layout.micro_batches; `agree`: the count over ranks, for a
+    partitioned model whose every forward is collective); `chunk_tokens` response positions
+    projected to the vocabulary at once (trainer.logits_chunk_tokens)."""
+    mbs = micro_batches(batch, micro_batch_size, max_tokens, device, agree=agree)
+    return Batch(tensors={"ref_logp": mbs.gather([response_logprobs(model, m, temperature, chunk_tokens=chunk_tokens)
+                                                  for m in mbs])})
 
 
 def _load(cfg: RootConfig, model_path: str):
@@ -38,7 +47,9 @@ class ReferenceWorker:
     def log_probs(self, batch: Batch) -> Batch:
         faults.maybe_kill("reference", batch.info.get("step"))
         temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
-        return reference_log_probs(self.model, batch, self.micro_batch_size, temperature, self.device)
+        return reference_log_probs(self.model, batch, self.micro_batch_size, temperature, self.device,
+                                   token_budget(self.cfg, "reference"),
+                                   chunk_tokens=self.cfg.trainer.logits_chunk_tokens)
 
 
 def eval_ds_config(ds_config: dict) -> dict:
@@ -78,6 +89,8 @@ class TrainerReference:
     def module(self) -> torch.nn.Module:
         return getattr(self.model, "module", self.model)
 
-    def log_probs(self, batch: Batch) -> Batch:
+    def log_probs(self, batch: Batch, agree: Callable[[int], int] | None = None) -> Batch:
+        """`agree`: the trainer's max over ranks (under ZeRO-3 every rank runs as many forwards)."""
         temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
-        return reference_log_probs(self.model, batch, self.micro_batch_size, temperature, self.device)
+        return reference_log_probs(self.model, batch, self.micro_batch_size, temperature, self.device,
+                                   token_budget(self.cfg, "reference"), agree, self.cfg.trainer.logits_chunk_tokens)

@@ -12,7 +12,8 @@ import torch
 from rlengine import faults
 from rlengine.config import RootConfig
 from rlengine.modeling import DTYPES, attn_implementation, set_threads
-from rlengine.layout import encode_texts
+from rlengine.layout import encode_texts, micro_batches
+from rlengine.plan import token_budget
 from rlengine.protocol import Batch
 from rlengine.workers.trainer import TrainerWorker
 
@@ -54,13 +55,12 @@ class RewardModelWorker:
     @torch.no_grad()
     def score(self, batch: Batch) -> Batch:
         faults.maybe_kill("reward_model", batch.info.get("step"))
-        prompts, responses = batch["prompt"], batch["response"]
-        out = []
-        for i in range(0, len(prompts), self.micro_batch_size):
-            enc = encode_texts(self.tokenizer, prompts[i:i + self.micro_batch_size],
-                               responses[i:i + self.micro_batch_size], self.cfg.reward_model.max_length)
-            out.append(sequence_scores(self.model, {k: v.to(self.device) for k, v in enc.items()}).cpu())
-        return Batch(tensors={"rm_score": torch.cat(out)})
+        # Encoded once, in the reward model's vocabulary: its lengths, not the policy's, size the
+        # micro-batches (each then trimmed to its own longest text).
+        enc = Batch(tensors=encode_texts(self.tokenizer, batch["prompt"], batch["response"],
+                                         self.cfg.reward_model.max_length))
+        mbs = micro_batches(enc, self.micro_batch_size, token_budget(self.cfg, "reward_model"), self.device)
+        return Batch(tensors={"rm_score": mbs.gather([sequence_scores(self.model, m) for m in mbs])})
 
 
 class RewardTrainerWorker(TrainerWorker):
@@ -79,5 +79,5 @@ class RewardTrainerWorker(TrainerWorker):
     @torch.no_grad()
     def pair_scores(self, batch: Batch) -> Batch:
         self.engine.eval()
-        outs = [self.pair_scores_of(m.to(self.device)).cpu() for m in batch.chunk_by_size(self.plan.micro_batch_size)]
-        return Batch(tensors={"score": torch.cat(outs)})
+        mbs = self.micro_batches(batch)
+        return Batch(tensors={"score": mbs.gather([self.pair_scores_of(m) for m in mbs])})

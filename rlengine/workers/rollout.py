@@ -64,13 +64,29 @@ def sampled_logprobs(lp, n_tokens: int) -> list[float]:
     return out
 
 
+def _free_device_bytes(worker) -> int:
+    """Free memory of this vLLM worker's device (run on every TP rank through collective_rpc)."""
+    return torch.cuda.mem_get_info()[0]
+
+
+SLEEP_TAGS = ("weights", "kv_cache")
+
+
 class RolloutWorker:
-    def __init__(self, cfg: RootConfig, model_path: str, tokenizer_path: str, rank: int = 0):
+    def __init__(self, cfg: RootConfig, model_path: str, tokenizer_path: str, rank: int = 0, sleep_level: int = 0):
         _vllm_env(cfg)
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.cfg, self.rank = cfg, rank
+        # Hybrid colocation (Plan.sleep_level > 0): the engine sleeps while the trainer uses the GPU.
+        # vLLM's CPU build has no sleep mode: there the calls are made, recorded and skipped.
+        # `asleep` is the memory this engine was told to release, on every device: generate and
+        # load_weights refuse to run while what they need is asleep, so a misordered call fails
+        # on CPU runs too.  A restarted engine starts awake and ignores wakes it does not need.
+        self.sleep_level, self.asleep = sleep_level, set()
+        self.can_sleep = sleep_level > 0 and cfg.resources.device == "cuda"
+        self._skip_logged = False
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         r = cfg.rollout
@@ -80,6 +96,8 @@ class RolloutWorker:
                   distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
                   gpu_memory_utilization=r.gpu_memory_utilization,
                   logprobs_mode="processed_logprobs", trust_remote_code=cfg.model.trust_remote_code)
+        if self.can_sleep:
+            kw["enable_sleep_mode"] = True  # vLLM then allocates weights and KV cache from its cumem pool
         # The trained adapter, a new version after every sync (rollout.lora_sync=adapter).
         self._lora, self._lora_root = None, None
         self.serves_adapters = lora.sync_mode(cfg) == "adapter"
@@ -140,6 +158,7 @@ class RolloutWorker:
         seed and i), so results do not depend on how the prompts are split across rollout workers.
         """
         faults.maybe_kill("rollout", prompts.info.get("step"), self.rank)
+        self._check_awake("generate", SLEEP_TAGS)
         ids = prompts["prompt_ids_list"]
         reqs = [{"prompt_token_ids": list(p)} for p in ids]
         seeds = prompts["sample_seed"] if "sample_seed" in prompts else [prompt_seed(seed, -1, i) for i in range(len(ids))]
@@ -177,6 +196,7 @@ class RolloutWorker:
         on what it holds; sharded tensors are checked here, over the ranks' shards.
         {"fallback": True} when the trainer's shared memory is not reachable from this host or
         process namespace: the caller sends this engine Ray objects instead."""
+        self._check_awake("load_weights", ("weights",))
         spec = {**spec, "engine": self.rank, "payload": payload, "threads": self.cfg.rollout.cpu_threads}
         if spec.get("kind") in ("adapter", "base+adapter"):
             spec["adapter_dir"] = self._adapter_dir()
@@ -201,6 +221,48 @@ class RolloutWorker:
         for n, t in named:
             self._shm.views[n].copy_(t)
         return {**spec, "method": "shm", "payload": {"shm": self._shm.handle()}}
+
+    def sleep(self, level: int) -> dict:
+        """Release this engine's device memory for the trainer: level 1 offloads the weights to host
+        memory and frees the KV cache; level 2 frees both, so the next weight sync must write every
+        weight before the engine is used.  Returns {"skipped": 0|1, "freed_gib": device memory freed}."""
+        if self.asleep:
+            return {"skipped": 0.0, "freed_gib": 0.0}
+        self.asleep = set(SLEEP_TAGS)
+        if not self.can_sleep:
+            self._log_skip()
+            return {"skipped": 1.0, "freed_gib": 0.0}
+        before = self.llm.collective_rpc(_free_device_bytes)
+        self.llm.sleep(level=level)
+        after = self.llm.collective_rpc(_free_device_bytes)
+        return {"skipped": 0.0, "freed_gib": sum(a - b for a, b in zip(after, before)) / 2**30}
+
+    def wake_up(self, tags: list[str]) -> dict:
+        """Reallocate `tags` ("weights", "kv_cache"), as verl orders it: the weights, then the
+        weight sync into them, then the KV cache (the trainer may need that memory until then)."""
+        todo = [t for t in tags if t in self.asleep]
+        if todo and self.can_sleep:
+            self.llm.wake_up(tags=todo)
+        elif todo:
+            self._log_skip()
+        self.asleep -= set(todo)
+        return {"skipped": float(bool(todo) and not self.can_sleep)}
+
+    def _check_awake(self, what: str, needs: tuple[str, ...]) -> None:
+        asleep = [t for t in needs if t in self.asleep]
+        if asleep:
+            raise RuntimeError(f"rollout engine {self.rank}: {what} while its {' and '.join(asleep)} "
+                               f"{'are' if len(asleep) > 1 else 'is'} asleep: wake_up({asleep}) first")
+
+    def _log_skip(self) -> None:
+        if not self._skip_logged:
+            self._skip_logged = True
+            reason = ("vLLM's sleep mode is not supported on CPU" if self.cfg.resources.device == "cpu"
+                      else f"the engine was built without sleep mode (sleep_level={self.sleep_level})")
+            # WARNING: Ray forwards an actor's warnings to the driver's console.
+            log.warning("vLLM sleep skipped: rollout engine %d: %s (resources.device=%s); sleep and wake_up "
+                        "calls are made and skipped, and the engine keeps its memory", self.rank, reason,
+                        self.cfg.resources.device)
 
     def shutdown(self) -> None:
         if getattr(self, "_lora_root", None):

@@ -18,37 +18,29 @@ import torch
 from rlengine import faults, lora
 from rlengine.checkpoint import capture_rng, restore_rng
 from rlengine.config import RootConfig
-from rlengine.plan import Plan
+from rlengine.plan import Plan, token_budget
 from rlengine.modeling import intra_op_threads, load_causal_lm, response_logprobs, set_threads
+from rlengine.layout import MicroBatches, micro_batches
 from rlengine.protocol import Batch
 from rlengine.stages import get_stage, load_plugins
 from rlengine.weight_sync.sender import WeightSender, dtype_name
 from rlengine.weight_sync.verify import BUCKET_BYTES, bucketize, checksum
 from rlengine.workers.reference import TrainerReference, reference_log_probs
+from rlengine.zero import deepspeed_config
 
 log = logging.getLogger("rlengine")
 
 
-def deepspeed_config(cfg: RootConfig, plan: Plan) -> dict:
-    t = cfg.trainer
-    return {
-        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
-        "gradient_accumulation_steps": plan.micro_batches_per_minibatch,
-        "train_batch_size": plan.micro_batch_size * plan.micro_batches_per_minibatch * t.world_size,
-        "gradient_clipping": t.max_grad_norm,
-        "zero_optimization": {
-            "stage": plan.zero_stage,
-            "overlap_comm": False,
-            "contiguous_gradients": True,
-            # Tensors smaller than this stay replicated; the tiny model's norms and biases do.
-            "stage3_param_persistence_threshold": 10_000,
-        },
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
-        "fp16": {"enabled": cfg.model.dtype == "float16"},
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+def _hidden_size(path: str, trust_remote_code: bool) -> int | None:
+    """The model's hidden size from its config alone (sizes the ZeRO buckets before the weights load)."""
+    from transformers import AutoConfig
+
+    try:
+        c = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    c = getattr(c, "text_config", None) or c
+    return getattr(c, "hidden_size", None)
 
 
 def _lr_lambda(cfg: RootConfig):
@@ -80,6 +72,11 @@ class TrainerWorker:
     hosts_reference = True
     # PEFT task type of this role's model: SEQ_CLS / TOKEN_CLS also train the new score head in full.
     lora_task = "CAUSAL_LM"
+    # Whose token budget this worker's forwards use (plan.token_budget).
+    budget_role = "trainer"
+    # Backward calls since the last optimizer step, and how many this minibatch has (None: the plan's).
+    _backwards = 0
+    _accumulation: int | None = None
 
     def __init__(self, cfg: RootConfig, plan: Plan, model_path: str, rank: int, world_size: int,
                  master_addr: str, master_port: int):
@@ -98,7 +95,7 @@ class TrainerWorker:
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False,
                                    verbose=False)
         torch.manual_seed(cfg.seed)
-        self.ds_config = deepspeed_config(cfg, plan)
+        self.ds_config = deepspeed_config(cfg, plan, _hidden_size(model_path, cfg.model.trust_remote_code))
         # Must stay alive while the model is built: from_pretrained then constructs under zero.Init
         # and every rank materialises only its own partition.
         self._hf_ds = HfDeepSpeedConfig(self.ds_config) if plan.zero_stage == 3 else None
@@ -122,6 +119,7 @@ class TrainerWorker:
         # Frozen and equal to model_path's weights: not checkpointed, rebuilt from the path on resume.
         self.reference = (TrainerReference(cfg, plan, model_path, self.ds_config, self.device)
                           if plan.reference_in_trainer and self.hosts_reference and not plan.lora else None)
+        self._check_offload()
 
     def _load_model(self, path: str):
         """Subclasses (critic, reward-model training) load a different head on the same backbone."""
@@ -136,7 +134,7 @@ class TrainerWorker:
         t = self.cfg.trainer
         kw = dict(lr=self._lr(), betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
         if t.optimizer == "adamw":
-            return torch.optim.AdamW(params, **kw)
+            return (self._offload_stage() == 3 and _fused_adam(params, kw)) or torch.optim.AdamW(params, **kw)
         import bitsandbytes as bnb
 
         return (bnb.optim.PagedAdamW8bit if t.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit)(params, **kw)
@@ -156,28 +154,50 @@ class TrainerWorker:
             dist.all_reduce(t)
         return float(t.item())
 
+    def global_max(self, x: int) -> int:
+        import torch.distributed as dist
+
+        t = torch.tensor([x], dtype=torch.int64, device=self.device)
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def micro_batches(self, batch: Batch, train: bool = False, pairs: bool = False, role: str | None = None,
+                      size: int | None = None) -> MicroBatches:
+        """This rank's `batch` in micro-batches under `role`'s token budget (plan.token_budget;
+        default this worker's budget_role), as many on every rank (collective).  `train`: the
+        minibatch of one optimizer step; `backward` then puts the accumulation boundary on the
+        last of them.  `pairs`: rows 2i, 2i+1 stay in one micro-batch."""
+        mbs = micro_batches(batch, size or self.plan.micro_batch_size, token_budget(self.cfg, role or self.budget_role),
+                            self.device, self.cfg.trainer.compile, pairs, agree=self.global_max)
+        if train:
+            self._accumulation = len(mbs)
+        return mbs
+
     @torch.no_grad()
     def log_probs(self, batch: Batch, micro_batch_size: int | None = None) -> Batch:
         """Old log-probs [B, R] of this rank's shard (collective: every rank calls it), at the
         rollout temperature unless the batch says otherwise (info["temperature"])."""
         faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
         self.engine.eval()
-        mb = micro_batch_size or self.plan.micro_batch_size
         temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
-        outs = [response_logprobs(self.engine, m.to(self.device), temperature).cpu()
-                for m in batch.chunk_by_size(mb)]
-        return Batch(tensors={"old_logp": torch.cat(outs)})
+        mbs = self.micro_batches(batch, size=micro_batch_size)
+        chunk = self.cfg.trainer.logits_chunk_tokens
+        return Batch(tensors={"old_logp": mbs.gather([response_logprobs(self.engine, m, temperature, chunk_tokens=chunk)
+                                                      for m in mbs])})
 
     def ref_log_probs(self, batch: Batch) -> Batch:
         """Reference log-probs ref_logp_BR of this rank's shard (reference.placement=trainer, or the
         policy with its adapter disabled under LoRA; collective)."""
         faults.maybe_kill("trainer", batch.info.get("step"), self.rank)
         if self.reference is not None:
-            return self.reference.log_probs(batch)
+            return self.reference.log_probs(batch, agree=self.global_max)
         self.engine.eval()
         temperature = batch.info.get("temperature", self.cfg.rollout.temperature)
         with self.module.disable_adapter():
-            return reference_log_probs(self.engine, batch, self.plan.micro_batch_size, temperature, self.device)
+            return reference_log_probs(self.engine, batch, self.plan.micro_batch_size, temperature, self.device,
+                                       token_budget(self.cfg, "reference"), self.global_max,
+                                       self.cfg.trainer.logits_chunk_tokens)
 
     def normaliser(self, mb: Batch) -> float:
         """The loss normaliser over the *global* minibatch, so that micro-batches and ranks add up."""
@@ -189,11 +209,24 @@ class TrainerWorker:
             return n_seq * self.cfg.rollout.max_new_tokens
         return n_seq
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, last: bool | None = None) -> None:
+        """Accumulate one micro-batch's gradients; the optimizer steps after the `last` one.
+
+        last None: the minibatch has the micro-batches `micro_batches(train=True)` made, else
+        plan.micro_batches_per_minibatch.  DeepSpeed's own boundary counts step() calls modulo
+        its gradient_accumulation_steps, which a token budget's varying count would misplace, so
+        the boundary is set on every call: step() then runs the optimizer (and the LR scheduler)
+        exactly once, on the last micro-batch."""
+        self._backwards += 1
+        if last is None:
+            last = self._backwards >= (self._accumulation or self.plan.micro_batches_per_minibatch)
+        self.engine.set_gradient_accumulation_boundary(bool(last))
         # The loss is already normalised over the global minibatch: undo DeepSpeed's division by
         # the accumulation steps and by the data-parallel world size (gradients are averaged).
         self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
         self.engine.step()
+        if last:
+            self._backwards, self._accumulation = 0, None
 
     def update(self, batch: Batch) -> dict:
         """One step's update on this rank's shard, as the job's stage defines it (collective)."""
@@ -378,3 +411,65 @@ class TrainerWorker:
             full = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
             info[n] = (local, full)
         return info
+
+    # Hybrid colocation, trainer.offload_during_rollout: the policy's states leave the GPU while
+    # the colocated vLLM engines generate (the controller calls these two around the rollout).
+
+    def _offload_stage(self) -> int | None:
+        """The ZeRO stage whose states move (None: no offload).  Only the policy trainer, on a GPU,
+        with sleeping engines; on CPU the states already live in host memory."""
+        t, on_gpu = self.cfg.trainer, self.cfg.resources.device == "cuda"
+        use = t.offload_during_rollout and self.plan.sleep_level > 0 and self.hosts_reference and on_gpu
+        return self.plan.zero_stage if use else None
+
+    def _check_offload(self) -> None:
+        self._offloaded, self._offload_logged = False, False
+        stage, t = self._offload_stage(), self.cfg.trainer
+        if stage is None:
+            return
+        if stage == 0 or t.offload_params or not hasattr(self.engine.optimizer, "offload_states"):
+            from rlengine.errors import ConfigError
+
+            raise ConfigError("trainer.offload_during_rollout", "DeepSpeed moves a ZeRO optimizer's states "
+                              f"(stage 1-3, without offload_params); this run has ZeRO stage {stage}"
+                              f"{' with offload_params' if t.offload_params else ''}")
+
+    def offload_states(self) -> None:
+        """Move this rank's DeepSpeed states (parameters, gradients, optimizer) to host memory."""
+        if self._offload_stage() is None:
+            if self.cfg.trainer.offload_during_rollout and not self._offload_logged:
+                self._offload_logged = True
+                log.warning("trainer offload skipped: rank %d: trainer.offload_during_rollout needs "
+                            "resources.device=cuda (on CPU the states already live in host memory)", self.rank)
+            return
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as S
+
+        include = None
+        if self.plan.zero_stage == 3 and type(self.optimizer.optimizer).__name__ != "FusedAdam":
+            # ZeRO-3 moves Adam states and fp32 master weights only for its FusedAdam.
+            include = [S.lp_params, S.lp_grads, S.contiguous_grad_buffer]
+            if not self._offload_logged:
+                self._offload_logged = True
+                log.warning("trainer rank %d: the optimizer states stay on the GPU during rollout (ZeRO-3 "
+                            "offloads them only for DeepSpeed's FusedAdam)", self.rank)
+        self.engine.offload_states(include=include)
+        self._offloaded = True
+
+    def reload_states(self) -> None:
+        """Bring back what offload_states moved (before the trainer's next pass)."""
+        if self._offloaded:
+            self.engine.reload_states()
+            self._offloaded = False
+
+
+def _fused_adam(params: list, kw: dict):
+    """DeepSpeed's FusedAdam in AdamW mode (the same update as torch's AdamW), the optimizer whose
+    states ZeRO-3 can offload; None where its CUDA kernel cannot be built here."""
+    try:
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(params, adam_w_mode=True, **kw)
+    except Exception as e:  # noqa: BLE001 - the JIT build fails in many ways (no nvcc, headers)
+        log.warning("DeepSpeed's FusedAdam is unavailable (%s: %s): torch AdamW is used, and its states stay "
+                    "on the GPU during rollout", type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+        return None

@@ -16,7 +16,7 @@ def _raw():
     trl = [{"step_times_s": [10.0, 10.0], "generate_s": [3.0, 3.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0},
            {"step_times_s": [16.0, 16.0], "generate_s": [5.0, 5.0], "response_tokens": [1000.0, 1000.0], "setup_s": 1.0}]
     return {"date": "2026-11-23", "machine": {"cpu": "x", "cores": 2, "memory_gib": 24, "torch": "t"},
-            "matmul_gflops_2threads": 100.0,
+            "matmul_gflops_2threads": 400.0,
             "args": {"prompts": 16, "group_size": 8, "micro_batch": 32, "pairs": 2, "warmup": 1, "steps": 2,
                      "rollout_bind": ""},
             "sizes": {"100m": {"params": 1e8, "runs": {"128": {"rlengine": ours, "trl": trl}},
@@ -32,8 +32,8 @@ def test_ratios_phases_and_efficiencies_by_hand():
     assert s["phases_s"]["128"]["remainder"] == pytest.approx(8.0 - 7.5)
     assert s["overhead_frac"]["128"]["remainder"] == pytest.approx(0.5 / 8)
     assert s["rollout_vs_vllm"]["128"] == pytest.approx(1000 / 2.0 / 600.0)  # engine default binding
-    assert s["mfu"]["128"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 100e9)
-    assert s["mfu"]["128"]["rollout"] == pytest.approx(2 * 1e8 * 1000 / 2.0 / 100e9)
+    assert s["mfu"]["128"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 400e9)
+    assert s["mfu"]["128"]["rollout"] == pytest.approx(2 * 1e8 * 1000 / 2.0 / 400e9)
     assert s["sync_vs_memcpy"] == pytest.approx(4e8 / 0.4 / 1e9 / 10.0)
     assert s["startup_s"]["rlengine_roles_up"] == 13.0
     assert s["trl_phases_s"]["128"] == {"generate": 4.0, "train": 13.0 - 4.0}
@@ -82,6 +82,18 @@ def test_sync_bound_repack_alone_caps_the_sync(tmp_path):
     assert "(100m; vLLM's reload_weights alone: 0.20×, its oneDNN repack alone: 0.25×)" in md
 
 
+def test_mfu_is_over_the_runs_highest_matmul_rate_and_never_above_one():
+    raw = _raw()
+    raw["matmul_gflops_after"] = 500.0  # measured again at the end, higher: the ceiling
+    raw["sizes"]["100m"]["embed_params"] = 2e7  # untied input embedding: no FLOPs
+    s = analyse(raw)
+    assert s["matmul_peak_gflops"] == 500.0
+    assert s["sizes"]["100m"]["mfu"]["128"]["train"] == pytest.approx(6 * 8e7 * 3000 / 5.0 / 500e9)
+    raw["matmul_gflops_2threads"] = raw["matmul_gflops_after"] = 10.0  # a ceiling the work outran
+    with pytest.raises(ValueError, match="MFU .* > 1"):
+        analyse(raw)
+
+
 def test_report_without_sync_bound_has_no_bound_section(tmp_path):
     write_report(_raw(), tmp_path)
     assert "bench/sync_bound.py" not in (tmp_path / "REPORT.md").read_text()
@@ -100,13 +112,14 @@ def test_measured_figure_never_rounds_onto_its_target():
 def test_work_redone_by_a_merge_run_keeps_its_own_peak_and_pairs(tmp_path):
     raw = _raw()
     e = raw["sizes"]["100m"]
-    e["matmul_gflops"] = 100.0
+    e["matmul_gflops"] = 400.0
     e["runs"]["128_natural"] = e["runs"]["128"]
-    e["work_args"] = {"128_natural": {"pairs": 4, "steps": 2, "matmul_gflops": 200.0}}
+    e["work_args"] = {"128_natural": {"pairs": 4, "steps": 2, "matmul_gflops": 800.0}}
     raw["args_by_size"] = {"100m": {"pairs": 2, "tokens": "128", "natural_sizes": "100m"}}
     s = analyse(raw)["sizes"]["100m"]
-    assert s["mfu"]["128"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 100e9)  # the size's own run
-    assert s["mfu"]["128_natural"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 200e9)  # the re-run's peak
+    # Both over the run's highest matmul rate, the re-run's: a ceiling for every figure of the run.
+    assert s["mfu"]["128"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 800e9)
+    assert s["mfu"]["128_natural"]["train"] == pytest.approx(6 * 1e8 * 3000 / 5.0 / 800e9)
     write_report(raw, tmp_path)
-    assert ("Per size: 100m: 2 pair(s), tokens 128, natural (128_natural: 4 pairs, 200.0 GFLOP/s peak)."
+    assert ("Per size: 100m: 2 pair(s), tokens 128, natural (128_natural: 4 pairs, 800.0 GFLOP/s peak)."
             in (tmp_path / "REPORT.md").read_text())

@@ -59,9 +59,27 @@ def test_not_enough_resources_fails_before_any_actor(tmp_path):
 
 
 def test_colocated_rollout_shares_the_trainer_bundle(tmp_path):
+    """Hybrid colocation on CPU: the engine shares the trainer's bundle, and the controller puts it
+    to sleep after each generation and wakes it (weights, sync, KV cache) before the next and for
+    evaluation.  vLLM's CPU build has no sleep mode: every call is made, skipped, logged once; the
+    engine's own bookkeeping still fails any generation or weight load that the order forbids."""
     run_dir = tmp_path / "run"
-    proc = run_main([*SMALL, "resources.colocate=true", f"run_dir={run_dir}"])
+    proc = run_main([*SMALL, "resources.colocate=true", "rollout.sleep_level=1", "trainer.offload_during_rollout=true",
+                     f"run_dir={run_dir}"])
     assert proc.returncode == 0, proc.stderr[-5000:]
     s = read_summary(run_dir)
     assert s["placement"]["rollout"][0]["node_id"] == s["placement"]["trainer"][0]["node_id"]
     assert s["final_metrics"]["sync/checksum_ok"] == 1.0 and s["final_metrics"]["sync/logprob_drift"] < 1e-4
+    out = proc.stdout + proc.stderr
+    skipped = "vLLM sleep skipped: rollout engine 0: vLLM's sleep mode is not supported on CPU"
+    assert out.count(skipped) == 1, out[-5000:]
+    assert out.count("trainer offload skipped: rank 0") == 1
+    steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        assert m["timing_s/sleep"] >= 0 and m["timing_s/wake"] >= 0
+    # Start, eval before, 2 steps: 4 sleeps; every call skipped.  Waking: weights and KV cache
+    # for the evaluation and step 1, the weights for each step's sync, the KV cache for step 2.
+    last = steps[-1]
+    assert (last["sleep/sleeps"], last["sleep/wakes"]) == (4, 7)
+    assert last["sleep/skipped"] == last["sleep/sleeps"] + last["sleep/wakes"]
