@@ -81,6 +81,11 @@ def load_config(recipe: str, overrides: list[str]) -> tuple[RootConfig, Plan]:
     if not recipe_file.exists():
         names = sorted(p.stem for p in rdir.glob("*.yaml"))
         raise ConfigError("recipe", f"no recipe {recipe!r} in {rdir}; available: {names}")
+    from rlengine.pipeline_spec import is_pipeline
+
+    if is_pipeline(recipe_file):
+        raise ConfigError("recipe", f"{recipe_file} is a pipeline of stages, not a stage: run it with "
+                                    f"`python -m rlengine.main recipe={recipe}` (rlengine/pipeline.py)")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(rdir), version_base=None):

@@ -100,6 +100,7 @@ class DataConfig(_Frozen):
     system_prompt: Optional[str] = None
     shuffle: bool = True
     max_test_rows: Optional[int] = None
+    max_train_rows: Optional[int] = None  # the first N training rows only (a data budget; null: all)
     # Preference data (algorithm.name=rm): rows {prompt, chosen, rejected}.
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
@@ -242,6 +243,61 @@ class DPOConfig(_Frozen):
 
 
 @dataclass
+class TeacherConfig(_Frozen):
+    """The frozen teacher of distillation (algorithm.name=distill | on_policy_distill): per response
+    token, its top_k log-probs over the student's vocabulary (teacher and student must share it)."""
+
+    path: Optional[str] = None  # a causal LM: hub name, local directory or tiny:teacher
+    tokenizer_path: Optional[str] = None  # null: teacher.path
+    # Teacher log-probs kept per token: the top_k most likely ids plus the mass of the rest (one
+    # "tail" bucket; algos/distill.py).  0: the full vocabulary (small vocabularies only: it moves
+    # V floats per token between actors).
+    top_k: int = 64
+    num_workers: int = 1
+    dtype: Optional[str] = None  # null: model.dtype
+    max_tokens_per_micro_batch: Optional[int] = None  # null: trainer.max_tokens_per_micro_batch
+
+
+@dataclass
+class DistillConfig(_Frozen):
+    """Knowledge distillation (algos/distill.py).  distill: L = alpha * CE(y, student) +
+    (1 - alpha) * T^2 * D(teacher_T, student_T) on data rows; on_policy_distill: D on the
+    student's own samples (GKD with lambda = 1), plus reward_coef times a GRPO term."""
+
+    alpha: float = 0.5  # weight of the hard-label cross-entropy (offline distill only)
+    temperature: float = 1.0  # T: both distributions softened by it; the divergence scaled by T^2
+    divergence: str = "forward_kl"  # a name registered with algos.distill.register_divergence
+    beta: float = 0.5  # jsd: mixture M = beta * teacher + (1 - beta) * student (TRL GKD's beta), in (0, 1)
+    # on_policy_distill: weight of a policy-gradient term on the reward functions' scores
+    # (group-normalised over algorithm.group_size samples per prompt, as GRPO); 0: pure distillation.
+    reward_coef: float = 0.0
+
+
+@dataclass
+class SampleConfig(_Frozen):
+    """Best-of-K rejection sampling (algorithm.name=best_of_n): K samples per prompt, scored by the
+    reward functions (and reward_model.path when set), filtered, written as SFT and preference data."""
+
+    k: int = 16  # samples per prompt
+    top_n: int = 1  # kept per prompt, best first
+    min_score: Optional[float] = None  # keep only samples scoring at least this
+    dedup: bool = True  # identical responses to one prompt count once
+    max_response_tokens: Optional[int] = None  # longer samples are dropped (length cap)
+    # Samples cut at rollout.max_new_tokens (no end-of-sequence token) are dropped: as SFT targets
+    # they would teach the model to stop mid-answer.
+    keep_unfinished: bool = False
+    # The stage makes one pass over data.train_path in file order, data.prompts_per_step prompts a
+    # step (the last step may have fewer): ceil(rows / prompts_per_step) steps; trainer.total_steps
+    # is not read.  max_prompts: only the first this many rows (null: every row).
+    max_prompts: Optional[int] = None
+    # Also write preference pairs (the best kept sample vs the worst sample) when the scores
+    # differ by at least pair_margin.
+    pairs: bool = True
+    pair_margin: float = 0.5
+    output_dir: Optional[str] = None  # null: <run_dir>/data
+
+
+@dataclass
 class ReferenceConfig(_Frozen):
     num_workers: int = 1  # actors of the separate reference role
     # separate: a role of its own (num_workers actors, each holding the whole frozen model, on
@@ -351,6 +407,7 @@ class ResourcesConfig(_Frozen):
     gpus_per_trainer: float = 0.0
     gpus_per_rollout: float = 0.0
     gpus_per_reference: float = 0.0
+    gpus_per_teacher: float = 0.0
     # Ray CPU units reserved per actor.  Fractions let the whole topology share a 2-core laptop:
     # the phases of a step run one after another, so the actors do not compete for cores, except
     # PPO's policy and critic updates, which run at once: their cpu_threads should add up to the
@@ -411,6 +468,9 @@ class RootConfig(_Frozen):
     dpo: DPOConfig = field(default_factory=DPOConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
 
 

@@ -33,14 +33,16 @@ def _untimed(name: str):
 
 @dataclass
 class Roles:
-    trainer: WorkerGroup
+    trainer: WorkerGroup | None  # None: the stage does not train (Stage.trains)
     rollout: WorkerGroup | None = None
     reference: WorkerGroup | None = None
     critic: WorkerGroup | None = None
     reward_model: WorkerGroup | None = None
+    teacher: WorkerGroup | None = None
 
     def all(self) -> list[WorkerGroup]:
-        return [g for g in (self.rollout, self.reward_model, self.reference, self.critic, self.trainer) if g]
+        return [g for g in (self.rollout, self.reward_model, self.teacher, self.reference, self.critic, self.trainer)
+                if g]
 
 
 class Controller:
@@ -51,8 +53,10 @@ class Controller:
         self.heldout = heldout
         self.faults = {f"faults/{g.name}_restarts": 0 for g in roles.all() if g.max_restarts}
         r = cfg.rollout
+        # Without a trainer the engines serve model.path as loaded: nothing to push.
         self.weight_sync = (WeightSync(roles.trainer, roles.rollout, r.sync_method, r.sync_timeout_s,
-                                       r.tensor_parallel_size, plan.lora_sync) if roles.rollout else None)
+                                       r.tensor_parallel_size, plan.lora_sync) if roles.rollout and roles.trainer
+                            else None)
         # Reference log-probs: a collective call on the trainer ranks (reference.placement=trainer;
         # a dead rank stops the run like any trainer death), or the restartable reference role.
         self.ref_log_probs = (partial(roles.trainer.map_batch, "ref_log_probs") if plan.reference_in_trainer
@@ -100,7 +104,7 @@ class Controller:
                 log.warning("a %s actor died during %s (%s); waiting for Ray to restart it (restart %d of at most %d)",
                             group.name, method, type(e).__name__, self.faults[key], group.max_restarts)
                 group.wait_ready(self.cfg.fault.restart_timeout_s)
-                if group is self.roles.rollout:
+                if group is self.roles.rollout and self.weight_sync is not None:
                     self.weight_sync.reset_group()
                     self.sync_weights(batch.info.get("step"))
 
@@ -121,6 +125,11 @@ class Controller:
             batch = batch.update(rm_score=rm_N)
         return batch.update(scores=scores_N, fn_scores=scored.scores_N), scored
 
+    def teacher_scores(self, batch: Batch) -> Batch:
+        """The teacher's top-k log-probs of the batch's response tokens (workers/teacher.py)."""
+        return self.redo(self.roles.teacher, "score", batch.select(
+            [k for k in ("input_ids", "attention_mask", "position_ids", "responses", "segment_ids") if k in batch]))
+
     @staticmethod
     def drift(batch: Batch) -> float:
         """Trainer and vLLM hold the same weights at sampling time: a gap means the sync or a kernel is off."""
@@ -136,6 +145,8 @@ class Controller:
         """Trainer -> every rollout engine (rlengine/weight_sync), verified; a mismatch or a hung
         peer stops the run.  An engine that dies in the transfer is restarted and the push redone.
         Sleeping engines get their weights' memory back first (timed as part of the sync)."""
+        if self.weight_sync is None:
+            return {}  # no trainer: the engines already hold model.path
         if "weights" in self.asleep:
             self._wake("weights")
         while True:

@@ -84,13 +84,15 @@ def heldout_sets(cfg, test_rows: list[dict] | None) -> list[HeldOut]:
 @torch.no_grad()
 def greedy_accuracy(model_path: str, data: str, max_new_tokens: int, reward: str, prompt_key: str = "prompt",
                     answer_key: str = "answer", chat_template: bool = False, max_prompt_tokens: int = 512,
-                    batch_size: int = 128, limit: int | None = None, config_name: str | None = None) -> dict:
+                    batch_size: int = 128, limit: int | None = None, config_name: str | None = None,
+                    split: str = "test", system_prompt: str | None = None, threshold: float = 1.0,
+                    device: str = "cpu", dtype: str = "float32") -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    rows = load_rows(data, "test", config_name)[:limit] if limit else load_rows(data, "test", config_name)
-    enc = PromptEncoder(tok, prompt_key, answer_key, chat_template, None, max_prompt_tokens)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
+    rows = load_rows(data, split, config_name)[:limit] if limit else load_rows(data, split, config_name)
+    enc = PromptEncoder(tok, prompt_key, answer_key, chat_template, system_prompt, max_prompt_tokens)
     fn = resolve_fn(reward)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     correct, responses = 0, []
@@ -98,15 +100,15 @@ def greedy_accuracy(model_path: str, data: str, max_new_tokens: int, reward: str
         chunk = rows[i:i + batch_size]
         ids = [enc.encode(r) for r in chunk]
         P = max(map(len, ids))
-        input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids])
-        attn = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids])
+        input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids], device=device)
+        attn = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids], device=device)
         out = model.generate(input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id)
         texts = tok.batch_decode(out[:, P:], skip_special_tokens=True)
         for row, text in zip(chunk, texts):
             res = fn(row[prompt_key], text, row[answer_key])
             score = res["score"] if isinstance(res, dict) else res
-            correct += score >= 1.0 - 1e-6
+            correct += score >= threshold - 1e-6
             responses.append(text)
     return {"accuracy": correct / len(rows), "n": len(rows), "responses": responses}
 
@@ -122,9 +124,17 @@ def main() -> None:
     ap.add_argument("--chat-template", action="store_true")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--config-name", default=None, help="the dataset's configuration (data.config_name)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--system-prompt", default=None)
+    ap.add_argument("--max-prompt-tokens", type=int, default=512)
+    ap.add_argument("--threshold", type=float, default=1.0, help="a score >= this counts as correct")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
     a = ap.parse_args()
     res = greedy_accuracy(a.model, a.data, a.max_new_tokens, a.reward, a.prompt_key, a.answer_key,
-                          a.chat_template, limit=a.limit, config_name=a.config_name)
+                          a.chat_template, a.max_prompt_tokens, a.batch_size, a.limit, a.config_name, a.split,
+                          a.system_prompt, a.threshold, a.device, a.dtype)
     print(json.dumps({"accuracy": res["accuracy"], "n": res["n"]}))
 
 

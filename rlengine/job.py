@@ -112,6 +112,7 @@ def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]
     from rlengine.workers.reference import ReferenceWorker
     from rlengine.workers.reward_model import RewardModelWorker
     from rlengine.workers.rollout import RolloutWorker
+    from rlengine.workers.teacher import TeacherWorker, vocab_size
 
     specs = role_specs(cfg, plan)
     check_resources(specs, ray.cluster_resources(), alive_nodes())
@@ -126,7 +127,7 @@ def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]
         pg, offset = pgs[name]
         share = 0.5 if colocate and name in ("trainer", "rollout") else 1.0  # two actors per bundle
         count = cfg.rollout.num_workers if name == "rollout" else s.count
-        restarts = cfg.fault.max_restarts if name in ("rollout", "reference", "reward_model") else 0
+        restarts = cfg.fault.max_restarts if name in ("rollout", "reference", "reward_model", "teacher") else 0
         return WorkerGroup(name, cls, count, pg, offset, s.cpus * share, s.gpus * share, init, env,
                            custom={k: v * share for k, v in s.custom.items()}, max_restarts=restarts)
 
@@ -135,7 +136,8 @@ def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]
         return lambda rank: ((cfg, plan, path, rank, ws, host, port), {})
 
     model, tok = paths["model"], paths["tokenizer"]
-    roles = Roles(trainer=group("trainer", _import(stage.trainer), ranks(model, "trainer")))
+    roles = Roles(trainer=group("trainer", _import(stage.trainer), ranks(model, "trainer")) if plan.use_trainer
+                  else None)
     if plan.use_rollout and not colocate:
         roles.rollout = group("rollout", RolloutWorker, lambda rank: ((cfg, model, tok, rank), {}))
     if plan.use_reference and not plan.reference_in_trainer:
@@ -145,6 +147,10 @@ def build_roles(cfg: RootConfig, plan: Plan, stage: Stage, paths: dict[str, str]
     if plan.use_reward_model:
         roles.reward_model = group("reward_model", RewardModelWorker, lambda rank: (
             (cfg, paths["reward_model"], paths["reward_model_tokenizer"], plan.micro_batch_size), {}))
+    if plan.use_teacher:
+        student_vocab = vocab_size(paths["model"])
+        roles.teacher = group("teacher", TeacherWorker, lambda rank: (
+            (cfg, paths["teacher"], plan.micro_batch_size, student_vocab), {}))
     if colocate:
         # vLLM starts only if gpu_memory_utilization x device memory is free: the trainer ranks'
         # resident states first, so that check (and the KV cache size) sees the memory the engines
@@ -166,10 +172,18 @@ def resolve_paths(cfg: RootConfig, plan: Plan) -> dict[str, str]:
     if cfg.reward_model.path:
         wanted["reward_model"] = cfg.reward_model.path
         wanted["reward_model_tokenizer"] = cfg.reward_model.tokenizer_path or cfg.reward_model.path
+    if plan.use_teacher:
+        wanted["teacher"] = cfg.teacher.path
+        wanted["teacher_tokenizer"] = cfg.teacher.tokenizer_path or cfg.teacher.path
     for path in wanted.values():
         if tiny.is_tiny(path) and tiny.tiny_name(path) in tiny.TRAINED and not tiny.is_built(tiny.tiny_name(path)):
             build_tiny(tiny.tiny_name(path), cfg)
-    return {k: tiny.resolve_path(v) for k, v in wanted.items()}
+    paths = {k: tiny.resolve_path(v) for k, v in wanted.items()}
+    if plan.use_teacher:
+        from rlengine.workers.teacher import check_vocabulary
+
+        check_vocabulary((paths["model"], paths["tokenizer"]), (paths["teacher"], paths["teacher_tokenizer"]))
+    return paths
 
 
 def build_tiny(name: str, parent: RootConfig) -> None:
@@ -210,7 +224,9 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     rewards = RewardManager(cfg.reward)
     train_rows, test_rows = stage.load_data()
+    stage.start(run_dir)
     test_rows = test_rows[:cfg.data.max_test_rows] if cfg.data.max_test_rows else test_rows
+    train_rows = train_rows[:cfg.data.max_train_rows] if cfg.data.max_train_rows else train_rows
     heldout = heldout_sets(cfg, stage.heldout_rows(test_rows))
     loader = PromptLoader(train_rows, cfg.data.prompts_per_step, cfg.seed, cfg.data.shuffle)
     if faults.ENV in os.environ:
@@ -244,14 +260,15 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
             ctl.sync_weights()
         if start_step and roles.rollout is not None:
             log.info("resumed from %s: continuing at step %d of %d", decision.checkpoint, start_step + 1,
-                     cfg.trainer.total_steps)
-        tracker = Tracker(run_dir, cfg.tracking, cfg.trainer.total_steps, to_dict(cfg), start_step)
+                     stage.total_steps())
+        tracker = Tracker(run_dir, cfg.tracking, stage.total_steps(), to_dict(cfg), start_step)
         if start_step:
             tracker.note(f"resumed from {decision.checkpoint} (step {start_step})")
         summary = _loop(cfg, plan, stage, ctl, roles, tracker, run_dir, paths["tokenizer"], start_step, carried, stop)
         summary["placement"] = where
         summary["wall_time_s"] = time.time() - started
         write_summary(run_dir, summary)
+        stage.finish(summary)
         log.info("done: %s", {k: summary[k] for k in (f"{stage.headline[0]}_before", f"{stage.headline[0]}_after",
                                                       "steps", "wall_time_s") if k in summary})
         print(f"summary: {run_dir / 'summary.json'}", flush=True)
@@ -270,6 +287,7 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
         if tracker is not None:
             tracker.close()
         rewards.close()
+        stage.close()
         for held in heldout:
             held.close()
         if roles is not None:
@@ -285,6 +303,8 @@ def _run(cfg: RootConfig, plan: Plan, stop: GracefulStop) -> dict:
 
 def _note_eval(tracker: Tracker, stage: Stage, ev: dict, when: str, summary: dict) -> None:
     key, name = stage.headline
+    if key not in ev:  # a stage with nothing to evaluate (best_of_n)
+        return
     line = f"held-out {name} {when}:{' ' if when == 'after' else ''} {ev[key]:.3f}"
     if when == "before" and "eval/n" in ev:
         line += f" (n={int(ev['eval/n'])}{', greedy' if key == 'eval/accuracy' else ''})"
@@ -309,29 +329,31 @@ def _loop(cfg: RootConfig, plan: Plan, stage: Stage, ctl: Controller, roles: Rol
         ev = ctl.evaluate()
         summary.update({f"{k}_before": ev[k] for k in keys if k in ev})
         _note_eval(tracker, stage, ev, "before", summary)
-        tracker.log(0, ev, advance=False)
+        if ev:  # empty: the stage evaluates nothing
+            tracker.log(0, ev, advance=False)
     metrics: dict = {}
     step = saved = start_step
     every = stage.eval_every()
-    for step in range(start_step + 1, cfg.trainer.total_steps + 1):
+    total = stage.total_steps()
+    for step in range(start_step + 1, total + 1):
         if stop.signum is not None:
             step -= 1
             break
         metrics = ctl.step(step)
-        if every and step % every == 0 and step < cfg.trainer.total_steps:
+        if every and step % every == 0 and step < total:
             metrics.update(ctl.evaluate())
         tracker.log(step, metrics)
         if stage.should_stop(metrics):
             log.info("%s %.3f >= the stage's target: stopping at step %d", stage.headline[0],
                      metrics[stage.headline[0]], step)
             break
-        if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < cfg.trainer.total_steps:
+        if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0 and step < total:
             save(step, hf=False)
             saved = step
-    if stop.signum is not None and step < cfg.trainer.total_steps:
+    if stop.signum is not None and step < total:
         where = save(step, hf=False) if step > saved else checkpoint.newest_complete(run_dir)[0]
         raise RunInterrupted(f"stopped by {signal.Signals(stop.signum).name} after step {step} of "
-                             f"{cfg.trainer.total_steps}; checkpoint: {where or 'none (no step done)'}. "
+                             f"{total}; checkpoint: {where or 'none (no step done)'}. "
                              f"Rerun the same command to resume (resume=auto, run_dir={run_dir}).")
     summary["steps"] = step
     if cfg.eval.after:
@@ -339,12 +361,15 @@ def _loop(cfg: RootConfig, plan: Plan, stage: Stage, ctl: Controller, roles: Rol
         summary.update({f"{k}_after": ev[k] for k in keys if k in ev})
         summary.update({k: ev[k] for k in keys if k in ev})
         _note_eval(tracker, stage, ev, "after", summary)
-        tracker.log(step, ev, advance=False)
+        if ev:
+            tracker.log(step, ev, advance=False)
         metrics.update(ev)
     summary["faults"] = dict(ctl.faults)
-    final = save(step, hf=cfg.checkpoint.save_hf)
+    summary.update(stage.results())
+    hf = cfg.checkpoint.save_hf and plan.use_trainer  # a stage that does not train has no model to export
+    final = save(step, hf=hf)
     summary["checkpoint"] = str(final)
-    if cfg.checkpoint.save_hf:
+    if hf:
         summary["hf_checkpoint"] = str(final / "hf")
         if cfg.checkpoint.export_hf_to:
             dest = Path(cfg.checkpoint.export_hf_to)

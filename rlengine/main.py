@@ -15,7 +15,7 @@ USAGE = """usage: python -m rlengine.main [recipe=NAME] [key=value ...] [--cfg] 
 
   recipe=NAME   a recipe in recipes/ (default grpo_tiny); available: {recipes}
   key=value     override any key, e.g. trainer.total_steps=10 algorithm.group_size=4
-  --cfg         print the composed, validated config and exit
+  --cfg         print the composed, validated config and exit (a pipeline: every stage of every round)
 
   resume=auto (default) continues the newest complete checkpoint of run_dir (or, without run_dir,
   of the newest unfinished run of this recipe with the same config); resume=never; resume=PATH.
@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml")))
         print(USAGE.format(recipes=names))
         return 0
+    from rlengine.pipeline_spec import is_pipeline
+
+    recipe_file = recipes_dir() / f"{recipe}.yaml"
+    if is_pipeline(recipe_file):  # stages chained by their outputs: rlengine/pipeline.py
+        from rlengine import pipeline
+
+        return pipeline.main(recipe_file, overrides, print_only="--cfg" in flags)
     try:
         cfg, plan = load_config(recipe, overrides)
     except ConfigError as e:
@@ -69,13 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from rlengine.job import run
+
+    return exit_code(lambda: run(cfg, plan))
+
+
+def exit_code(job, failures: tuple[type[Exception], ...] = ()) -> int:
+    """Run `job()` and map how it ended to the exit codes of USAGE: 2 for what the user can fix
+    before anything runs (config, data, resources), 75 for an interrupted run, 1 for a failed weight
+    sync or any of `failures`."""
     from rlengine.data import DataError
-    from rlengine.job import RunInterrupted, run
+    from rlengine.job import RunInterrupted
     from rlengine.placement import PlacementError
     from rlengine.weight_sync import WeightSyncError
 
     try:
-        run(cfg, plan)
+        job()
     except (ConfigError, DataError, FileNotFoundError, PlacementError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -84,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return RunInterrupted.exit_code
     except WeightSyncError as e:
         print(f"error: weight sync: {e}", file=sys.stderr)
+        return 1
+    except failures as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -86,14 +86,14 @@ def scenario(cfg, plan, precision: str = "auto") -> Scenario:
     shape = model_shape(m.path, "model.path", m.trust_remote_code)
     buckets = zero.bucket_sizes(cfg, shape.hidden)
     name = cfg.algorithm.name
-    width = (cfg.sft.max_length if name == "sft" else cfg.dpo.max_length if name == "dpo"
+    width = (cfg.sft.max_length if name in ("sft", "distill") else cfg.dpo.max_length if name == "dpo"
              else cfg.data.max_prompt_tokens + r.max_new_tokens)
     targets = m.lora.target_modules
     offload_optim, offload_params = zero.offload_enabled(cfg)
     return Scenario(
         device=res.device, dtype=m.dtype, precision=precision, grad_accum_dtype=t.grad_accum_dtype,
         world_size=t.world_size, zero_stage=plan.zero_stage, micro_rows=plan.micro_batch_size, width=width,
-        response_tokens=r.max_new_tokens if name not in ("sft", "dpo", "rm") else width,
+        response_tokens=r.max_new_tokens if name not in ("sft", "distill", "dpo", "rm") else width,
         token_budget=token_budget(cfg, "trainer"), logits_chunk=t.logits_chunk_tokens,
         gradient_checkpointing=m.gradient_checkpointing, attn=m.attn_implementation, optimizer=t.optimizer,
         lora_r=m.lora.r, lora_targets=(targets,) if isinstance(targets, str) else tuple(targets),
@@ -102,14 +102,16 @@ def scenario(cfg, plan, precision: str = "auto") -> Scenario:
         offload_during_rollout=t.offload_during_rollout, overlap_comm=t.overlap_comm,
         reduce_bucket=buckets["reduce_bucket_size"], prefetch_bucket=buckets["stage3_prefetch_bucket_size"],
         max_live_parameters=t.stage3_max_live_parameters, colocate=res.colocate, use_rollout=plan.use_rollout,
+        use_trainer=plan.use_trainer,
         sleep_level=plan.sleep_level, tp=r.tensor_parallel_size, engines=r.num_workers,
         gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_gib=r.kv_cache_gib, max_model_len=r.max_model_len,
         use_reference=plan.use_reference, reference_in_trainer=plan.reference_in_trainer,
         reference_workers=cfg.reference.num_workers, use_critic=plan.use_critic,
         use_reward_model=plan.use_reward_model, reward_workers=cfg.reward_model.num_workers,
-        reward_width=cfg.reward_model.max_length,
+        reward_width=cfg.reward_model.max_length, use_teacher=plan.use_teacher,
+        teacher_workers=cfg.teacher.num_workers, teacher_top_k=cfg.teacher.top_k,
         gpus={"trainer": res.gpus_per_trainer, "rollout": res.gpus_per_rollout, "reference": res.gpus_per_reference,
-              "critic": res.gpus_per_trainer, "reward_model": res.gpus_per_reference},
+              "critic": res.gpus_per_trainer, "reward_model": res.gpus_per_reference, "teacher": res.gpus_per_teacher},
         minibatch=plan.minibatch_size, micro_batch_size=t.micro_batch_size, configured_stage=t.zero_stage)
 
 
@@ -122,6 +124,8 @@ def shapes_of(cfg) -> dict[str, ModelShape]:
         out["critic"] = model_shape(cfg.critic.model_path, "critic.model_path", m.trust_remote_code)
     if cfg.reward_model.path:
         out["reward_model"] = model_shape(cfg.reward_model.path, "reward_model.path", m.trust_remote_code)
+    if cfg.teacher.path:
+        out["teacher"] = model_shape(cfg.teacher.path, "teacher.path", m.trust_remote_code)
     return out
 
 
@@ -152,7 +156,7 @@ def roles(s: Scenario, shapes: dict, capacity: int) -> dict:
     """Per role: bytes by kind of one process (rank / engine rank / actor), its total, and how many
     processes (devices, where each has its own) the role has."""
     policy = shapes["policy"]
-    out = {"trainer": _trainer_role(policy, s)}
+    out = {"trainer": _trainer_role(policy, s)} if s.use_trainer else {}
     if s.use_reference and s.reference_in_trainer and not s.lora_r:
         weights = s.b * policy.n_params() // (s.world_size if s.zero_stage == 3 else 1)
         out["reference"] = {"bytes": {"weights": weights}, "host_bytes": {}, "total": weights, "devices": 0,
@@ -175,29 +179,41 @@ def roles(s: Scenario, shapes: dict, capacity: int) -> dict:
     if s.use_reward_model:
         out["reward_model"] = _frozen_role(shapes.get("reward_model", policy), s, s.reward_workers, s.reward_width,
                                            head="score")
+    if s.use_teacher:
+        teacher = shapes.get("teacher", policy)
+        out["teacher"] = _frozen_role(teacher, s, s.teacher_workers, s.width)
+        if not s.teacher_top_k:  # the whole [tokens, V] fp32 distribution goes back to the driver
+            out["teacher"]["bytes"]["scores"] = 4 * s.rows * s.response_tokens * teacher.vocab
+            out["teacher"]["total"] = sum(out["teacher"]["bytes"].values())
     return out
 
 
 def devices(s: Scenario, rs: dict, capacity: int) -> list[dict]:
     """Device groups with their phases' bytes and peak vs capacity (CPU: the one host)."""
-    tr = rs["trainer"]
+    tr = rs.get("trainer")  # None: a stage that does not train
     ref_in = rs.get("reference", {}).get("total", 0) if rs.get("reference", {}).get("devices") == 0 else 0
     if s.device == "cpu":
-        procs = {"trainer": tr["total"] * s.world_size}
+        procs = {"trainer": tr["total"] * s.world_size} if tr else {}
         if "rollout" in rs:
             procs["rollout"] = rs["rollout"]["total"] * rs["rollout"]["devices"]
-        for name in ("reference", "critic", "reward_model"):
+        for name in ("reference", "critic", "reward_model", "teacher"):
             if rs.get(name, {}).get("devices"):
                 procs[name] = rs[name]["total"] * rs[name]["devices"]
-        procs["trainer"] += ref_in * s.world_size
+        if tr:
+            procs["trainer"] += ref_in * s.world_size
         procs["driver"] = mm.CPU_DRIVER
         peak = sum(procs.values())
         return [{"devices": "host", "count": 1, "roles": list(procs), "phases": {"all processes": peak},
                  "processes": procs, "peak": peak, "capacity": capacity, "fits": peak <= capacity}]
-    base = {"trainer states": tr["resident"], "reference weights": ref_in, "overhead": tr["bytes"]["overhead"]}
-    train = {**base, "update working": tr["working_peak"]}
     groups = []
-    if s.colocate and "rollout" in rs:
+    base = train = {}
+    if tr is not None:
+        base = {"trainer states": tr["resident"], "reference weights": ref_in, "overhead": tr["bytes"]["overhead"]}
+        train = {**base, "update working": tr["working_peak"]}
+    if tr is None:  # a stage that does not train: the engines (and scoring roles) alone
+        if "rollout" in rs:
+            groups.append(_group("rollout", rs["rollout"]["devices"], {"rollout": rs["rollout"]["bytes"]}, capacity))
+    elif s.colocate and "rollout" in rs:
         ro = rs["rollout"]
         hosting = min(s.world_size, ro["devices"])
         optim = tr["bytes"].get("optimizer", 0) if s.offload_during_rollout and s.zero_stage == 3 else 0
@@ -211,7 +227,8 @@ def devices(s: Scenario, rs: dict, capacity: int) -> list[dict]:
         groups.append(_group("trainer", s.world_size, {"train": train}, capacity))
         if "rollout" in rs:
             groups.append(_group("rollout", rs["rollout"]["devices"], {"rollout": rs["rollout"]["bytes"]}, capacity))
-    for name, phase in (("reference", "log_probs"), ("critic", "train"), ("reward_model", "score")):
+    for name, phase in (("reference", "log_probs"), ("critic", "train"), ("reward_model", "score"),
+                        ("teacher", "score")):
         r = rs.get(name)
         if r and r["devices"]:
             frac = s.gpus.get(name, 1.0) or 1.0
@@ -254,7 +271,9 @@ def min_devices(s: Scenario, shapes: dict, capacity: int, limit: int = 1024) -> 
                                     sleep_level=x.sleep_level or 1, reference_in_trainer=x.use_reference)
             ev = evaluate(x, shapes, capacity)
             if ev["fits"]:
-                return {"devices": n, "world_size": n, "tensor_parallel_size": tp, "engines": x.engines,
+                # The teacher keeps devices of its own (it is never colocated).
+                teacher = sum(g["count"] for g in ev["per_device"] if g["roles"] == ["teacher"])
+                return {"devices": n + teacher, "world_size": n, "tensor_parallel_size": tp, "engines": x.engines,
                         "overrides": [f"trainer.world_size={n}", "resources.colocate=true",
                                       f"rollout.num_workers={x.engines}", f"rollout.tensor_parallel_size={tp}"]
                         + (["reference.placement=trainer"] if x.use_reference and not x.lora_r else []),

@@ -172,6 +172,7 @@ class Scenario:
     prefetch_bucket: int = 1_000_000
     max_live_parameters: int = 1_000_000_000
     colocate: bool = False
+    use_trainer: bool = True  # False: a stage that does not train (Plan.use_trainer): no trainer ranks
     use_rollout: bool = True
     sleep_level: int = 0
     tp: int = 1
@@ -186,6 +187,9 @@ class Scenario:
     use_reward_model: bool = False
     reward_workers: int = 1
     reward_width: int = 512
+    use_teacher: bool = False
+    teacher_workers: int = 1
+    teacher_top_k: int = 64  # 0: the full vocabulary per token (its [tokens, V] fp32 output dominates)
     gpus: dict = field(default_factory=dict)  # role -> GPUs per actor (resources.gpus_per_*)
     minibatch: int = 1  # samples per optimizer step over all ranks (Plan.minibatch_size)
     micro_batch_size: int = 1  # trainer.micro_batch_size: the rows cap of a micro-batch per rank

@@ -36,7 +36,8 @@ def report(cfg, plan, capacity: int | None = None, precision: str = "auto") -> d
                       "state_bytes_per_param": sum(states.values()) / policy.n_params()},
             "roles": ev["roles"], "per_device": ev["per_device"], "fits": ev["fits"],
             "devices_needed": ev["devices_needed"],
-            "minimal": min_devices(s, shapes, capacity) if gpu else None,
+            # The hybrid layout colocates trainer ranks with the engines: none for a stage that does not train.
+            "minimal": min_devices(s, shapes, capacity) if gpu and s.use_trainer else None,
             "placement": describe_plan(cfg, plan).splitlines()}
 
 
@@ -73,8 +74,9 @@ def _text(rep: dict) -> str:
     if d["kind"] == "cuda":
         lines.append(f"devices needed as configured: {rep['devices_needed']} GPUs")
         mn = rep["minimal"]
-        lines.append(f"minimal hybrid layout: {mn['devices']} GPUs: {' '.join(mn['overrides'])}" if mn
-                     else "minimal hybrid layout: none up to 1024 GPUs of this size")
+        if "trainer" in rep["roles"]:
+            lines.append(f"minimal hybrid layout: {mn['devices']} GPUs: {' '.join(mn['overrides'])}" if mn
+                         else "minimal hybrid layout: none up to 1024 GPUs of this size")
     lines += ["placement as configured:", *rep["placement"]]
     return "\n".join(lines)
 

@@ -186,6 +186,43 @@ def response_logprobs(model, batch, temperature: float = 1.0, with_entropy: bool
     return logp_BR, torch.zeros_like(logp_BR).masked_scatter(valid_BR, ent_N)
 
 
+def response_token_map(model, batch, fn, per_token_BR: tuple = (), chunk_tokens: int = 512) -> tuple:
+    """fn(logits_nV fp32, labels_n, *per_token_n) -> tuple of [n, ...] tensors on the response
+    tokens of `batch` (the layout of `response_logprobs`, same split of backbone and head), made
+    `chunk_tokens` positions at a time (algos.distill.chunked_map: checkpointed with gradients).
+
+    per_token_BR: tensors [B, R, ...] aligned with the responses (a teacher's top-k log-probs);
+    each output comes back as [B, R, ...], zero at padding positions.  Raw logits: fn applies
+    any temperature itself.
+    """
+    from rlengine.algos.distill import chunked_map
+
+    R = batch["responses"].shape[1]
+    P = batch["input_ids"].shape[1] - R
+    valid_BR = batch["attention_mask"][:, P:].bool()
+    inputs_N = (batch["responses"][valid_BR], *(x.to(valid_BR.device)[valid_BR] for x in per_token_BR))
+    parts = _split_model(model)
+    if parts is not None:
+        root, inner, backbone, head = parts
+        n_chunks = _same_on_every_rank(max(1, -(-inputs_N[0].shape[0] // chunk_tokens)), head, valid_BR.device)
+
+        def split_forward():
+            hidden_BLH = _layout_forward(backbone, _attn_impl(inner), batch, "last_hidden_state")
+            return chunked_map(hidden_BLH[:, P - 1:-1][valid_BR], inputs_N, head, fn, chunk_tokens, n_chunks)
+
+        outs_N = _as_root_forward(model, root, split_forward)
+    else:
+        logits_BRV = _full_logits(model, batch, R)
+        rows_N = valid_BR.flatten().nonzero().squeeze(-1)
+        outs_N = chunked_map(rows_N, inputs_N, lambda rows_n: logits_BRV[rows_n // R, rows_n % R], fn, chunk_tokens)
+    outs = []
+    for o_N in outs_N:
+        o_BR = o_N.new_zeros((*valid_BR.shape, *o_N.shape[1:]))
+        o_BR[valid_BR] = o_N
+        outs.append(o_BR)
+    return tuple(outs)
+
+
 def _full_logits(model, batch, R: int) -> torch.Tensor:
     """logits_BRV at columns P-1 .. P+R-2 from the model's own forward: with logits_to_keep=R+1
     where the causal LM accepts it (no logits over the prompt), else all L columns sliced."""

@@ -43,7 +43,8 @@ def role_specs(cfg: RootConfig, plan: Plan) -> list[RoleSpec]:
         return RoleSpec(name, count, r.cpus_per_actor, gpus, r.role_nodes.get(name, 1),
                         dict(r.role_resources.get(name, {})))
 
-    roles = [spec("trainer", cfg.trainer.world_size, r.gpus_per_trainer)]
+    # A stage that does not train (plan.use_trainer false: sampling) reserves nothing for a trainer.
+    roles = [spec("trainer", cfg.trainer.world_size, r.gpus_per_trainer)] if plan.use_trainer else []
     # The stage samples from the rollout role or evaluates with it (Stage.uses).
     if plan.use_rollout and not r.colocate:
         roles.append(spec("rollout", cfg.rollout.num_workers, r.gpus_per_rollout * cfg.rollout.tensor_parallel_size))
@@ -53,6 +54,8 @@ def role_specs(cfg: RootConfig, plan: Plan) -> list[RoleSpec]:
         roles.append(spec("critic", cfg.trainer.world_size, r.gpus_per_trainer))
     if plan.use_reward_model:
         roles.append(spec("reward_model", cfg.reward_model.num_workers, r.gpus_per_reference))
+    if plan.use_teacher:
+        roles.append(spec("teacher", cfg.teacher.num_workers, r.gpus_per_teacher))
     return roles
 
 

@@ -46,6 +46,11 @@ class Plan:
     # "adapter" (vLLM's LoRA path) or "merged" (full weights); None without LoRA.
     lora: bool = False
     lora_sync: Optional[str] = None
+    # The stage trains (Stage.trains): a trainer role of trainer.world_size ranks.  False (sampling
+    # stages): no trainer, no weight sync; the micro-batch fields then size the scoring roles only.
+    use_trainer: bool = True
+    # A teacher role scores tokens (distillation): teacher.num_workers actors on resources.gpus_per_teacher.
+    use_teacher: bool = False
     # vLLM's sleep level between rollouts (rollout.sleep_level when colocated with the trainer, else 0).
     sleep_level: int = 0
 
@@ -53,7 +58,7 @@ class Plan:
 def token_budget(cfg: RootConfig, role: str) -> Optional[int]:
     """The token budget (rows x padded width) of one micro-batch of `role`'s forwards: its own
     max_tokens_per_micro_batch, else the trainer's; None: trainer.micro_batch_size rows.
-    Roles: trainer (the policy and any trainer built on it), reference, critic, reward_model."""
+    Roles: trainer (the policy and any trainer built on it), reference, critic, reward_model, teacher."""
     own = None if role == "trainer" else getattr(cfg, role).max_tokens_per_micro_batch
     return own if own is not None else cfg.trainer.max_tokens_per_micro_batch
 
@@ -94,6 +99,32 @@ def _check_memory_keys(cfg: RootConfig) -> None:
         raise ConfigError("trainer.offload_optimizer", "ZeRO-Offload needs trainer.zero_stage >= 1")
 
 
+def _batch_sizes(cfg: RootConfig, stage, samples: int) -> tuple[int, int, int]:
+    """(samples per minibatch, per rank per minibatch, per micro-batch), checked to split evenly.
+    A stage that does not train takes no optimizer steps: one minibatch of every sample, and
+    micro-batches (of the reward model's forwards) of trainer.micro_batch_size rows."""
+    a, t = cfg.algorithm, cfg.trainer
+    if not stage.trains:
+        return samples, samples, min(t.micro_batch_size, samples)
+    if samples % a.minibatches:
+        raise ConfigError("algorithm.minibatches",
+                          f"{samples} samples per step do not split into {a.minibatches} minibatches")
+    minibatch = samples // a.minibatches
+    if minibatch % t.world_size:
+        raise ConfigError("trainer.world_size",
+                          f"a minibatch of {minibatch} samples does not split over {t.world_size} ranks")
+    per_rank = minibatch // t.world_size
+    pairs = stage.sequences_per_row(cfg) == 2 and not stage.online  # micro-batches must keep pairs whole
+    if pairs and (per_rank % 2 or min(t.micro_batch_size, per_rank) % 2):
+        raise ConfigError("trainer.micro_batch_size", "preference pairs train as two rows: rows per rank "
+                          f"({per_rank}) and trainer.micro_batch_size must be even")
+    micro = min(t.micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise ConfigError("trainer.micro_batch_size",
+                          f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
+    return minibatch, per_rank, micro
+
+
 def validate(cfg: RootConfig) -> Plan:
     """Check cross-field rules; raise ConfigError naming the key. Returns the derived Plan."""
     a, t, r, d = cfg.algorithm, cfg.trainer, cfg.rollout, cfg.data
@@ -125,6 +156,8 @@ def validate(cfg: RootConfig) -> Plan:
     _positive("rollout.tensor_parallel_size", r.tensor_parallel_size)
     if not uses.critic and cfg.critic.model_path is not None:
         raise ConfigError("critic.model_path", f"algorithm.name={a.name} does not use a critic (only ppo does)")
+    if not uses.teacher and cfg.teacher.path is not None:
+        raise ConfigError("teacher.path", f"algorithm.name={a.name} has no teacher (distill and on_policy_distill do)")
     if not stage.scores_samples and cfg.reward_model.path is not None:
         raise ConfigError("reward_model.path", f"algorithm.name={a.name} does not score samples with a reward model")
     if not 0 <= a.lam <= 1 or not 0 <= a.gamma <= 1:
@@ -140,6 +173,9 @@ def validate(cfg: RootConfig) -> Plan:
                        ("trainer.warmup_steps", t.warmup_steps), ("fault.max_restarts", cfg.fault.max_restarts),
                        ("checkpoint.keep_last", cfg.checkpoint.keep_last)):
         _positive(key, value, allow_zero=True)
+    for key, value in (("data.max_train_rows", d.max_train_rows), ("data.max_test_rows", d.max_test_rows)):
+        if value is not None:
+            _positive(key, value)
     if not cfg.resume:
         raise ConfigError("resume", "must be auto, never, or the path of a checkpoint or run directory")
     if not 0 < r.top_p <= 1:
@@ -154,9 +190,9 @@ def validate(cfg: RootConfig) -> Plan:
     _choice("algorithm.policy_loss", a.policy_loss, tuple(POLICY_LOSSES))
     if cfg.resources.device == "cpu" and cfg.model.dtype == "float16":
         raise ConfigError("model.dtype", "float16 is not supported on CPU; use float32 or bfloat16")
-    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_trainer <= 0:
+    if cfg.resources.device == "cuda" and cfg.resources.gpus_per_trainer <= 0 and stage.trains:
         raise ConfigError("resources.gpus_per_trainer", "resources.device=cuda needs gpus_per_trainer > 0")
-    roles = {"trainer", "rollout", "reference", "critic", "reward_model"}
+    roles = {"trainer", "rollout", "reference", "critic", "reward_model", "teacher"}
     for key, table in (("resources.role_nodes", cfg.resources.role_nodes),
                        ("resources.role_resources", cfg.resources.role_resources)):
         for role in table:
@@ -184,22 +220,7 @@ def validate(cfg: RootConfig) -> Plan:
                               f"{fn.fn!r} is neither 'path/to/file.py:function' nor 'package.module.function'")
 
     samples = d.prompts_per_step * stage.sequences_per_row(cfg)
-    if samples % a.minibatches:
-        raise ConfigError("algorithm.minibatches",
-                          f"{samples} samples per step do not split into {a.minibatches} minibatches")
-    minibatch = samples // a.minibatches
-    if minibatch % t.world_size:
-        raise ConfigError("trainer.world_size",
-                          f"a minibatch of {minibatch} samples does not split over {t.world_size} ranks")
-    per_rank = minibatch // t.world_size
-    pairs = stage.sequences_per_row(cfg) == 2 and not stage.online  # micro-batches must keep pairs whole
-    if pairs and (per_rank % 2 or min(t.micro_batch_size, per_rank) % 2):
-        raise ConfigError("trainer.micro_batch_size", "preference pairs train as two rows: rows per rank "
-                          f"({per_rank}) and trainer.micro_batch_size must be even")
-    micro = min(t.micro_batch_size, per_rank)
-    if per_rank % micro:
-        raise ConfigError("trainer.micro_batch_size",
-                          f"{per_rank} samples per rank per minibatch is not a multiple of {micro}")
+    minibatch, per_rank, micro = _batch_sizes(cfg, stage, samples)
     use_reference = uses.reference
     use_lora = lora.enabled(cfg.model)
     fields = {"advantage": None, "old_logp_in_update": False, "update_threads": None, **stage.plan(cfg)}
@@ -212,6 +233,7 @@ def validate(cfg: RootConfig) -> Plan:
         use_reference=use_reference,
         use_critic=uses.critic,
         use_reward_model=uses.reward_model,
+        use_teacher=uses.teacher,
         eval_max_new_tokens=cfg.eval.max_new_tokens or r.max_new_tokens,
         dtype=cfg.model.dtype,
         zero_stage=2 if t.zero_stage == 3 and t.world_size == 1 else t.zero_stage,
@@ -219,6 +241,7 @@ def validate(cfg: RootConfig) -> Plan:
         lora=use_lora,
         lora_sync=lora.sync_mode(cfg),
         sleep_level=r.sleep_level if cfg.resources.colocate and uses.rollout else 0,
+        use_trainer=stage.trains,
         **fields,
     )
 

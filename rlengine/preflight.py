@@ -22,7 +22,7 @@ log = logging.getLogger("rlengine")
 
 def tiny_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(model names, data names) that tiny.resolve_path accepts; it keeps no list of its own."""
-    models, data = ["base", *tiny.TRAINED], ["train", "test", "pref_train", "pref_test"]
+    models, data = [*tiny.BASES, *tiny.TRAINED], ["train", "test", "pref_train", "pref_test"]
     try:
         from rlengine import tiny_chat
     except ImportError:
@@ -102,12 +102,29 @@ def check(cfg: RootConfig, plan=None) -> None:
             check_model_path("reward_model.tokenizer_path", rm.tokenizer_path, TOKENIZER_FILES)
         elif os.path.isdir(rm.path):
             _check_default_tokenizer("reward_model.tokenizer_path", "reward_model.path", rm.path)
+    if cfg.teacher.path:
+        _check_teacher(cfg)
     check_data_path("data.train_path", cfg.data.train_path)
     check_data_path("data.test_path", cfg.data.test_path)
     from rlengine import lora
 
     lora.check_modules("model.path", _config_dir(m.path), m)
     check_memory(cfg, plan)
+
+
+def _check_teacher(cfg: RootConfig) -> None:
+    """The teacher's paths, then its vocabulary against the student's where both are on disk."""
+    t, m = cfg.teacher, cfg.model
+    check_model_path("teacher.path", t.path)
+    if t.tokenizer_path:
+        check_model_path("teacher.tokenizer_path", t.tokenizer_path, TOKENIZER_FILES)
+    elif os.path.isdir(t.path):
+        _check_default_tokenizer("teacher.tokenizer_path", "teacher.path", t.path)
+    local = [_config_dir(p) for p in (m.path, m.tokenizer_path or m.path, t.path, t.tokenizer_path or t.path)]
+    if all(os.path.isdir(p) for p in local):
+        from rlengine.workers.teacher import check_vocabulary
+
+        check_vocabulary((local[0], local[1]), (local[2], local[3]))
 
 
 def check_memory(cfg: RootConfig, plan=None) -> None:
@@ -135,7 +152,9 @@ def _config_dir(path: str) -> str:
             return found
     except (OSError, RuntimeError, ValueError, KeyError):
         pass
-    return tiny.resolve_path("tiny:chat_base" if tiny.tiny_name(path).startswith("chat") else "tiny:base")
+    name = tiny.tiny_name(path)
+    return tiny.resolve_path("tiny:chat_base" if name.startswith("chat") else
+                             "tiny:teacher_base" if name.startswith("teacher") else "tiny:base")
 
 
 def _check_default_tokenizer(key: str, model_key: str, path: str) -> None:

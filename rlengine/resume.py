@@ -143,15 +143,18 @@ def save(cfg: RootConfig, plan: Plan, ctl, roles, run_dir: Path, step: int, tok_
 
     tmp = checkpoint.begin(run_dir, step)
     tag = f"step_{step:06d}"
-    refs = [a.save_checkpoint.remote(str(tmp / "trainer"), tag) for a in roles.trainer.actors]
+    # A stage that does not train has no trainer: its checkpoint is the driver state alone.
+    trainer = roles.trainer.actors if roles.trainer is not None else []
+    refs = [a.save_checkpoint.remote(str(tmp / "trainer"), tag) for a in trainer]
     if roles.critic is not None:
         refs += [a.save_checkpoint.remote(str(tmp / "critic"), tag) for a in roles.critic.actors]
     from rlengine.workers.group import get_all
 
     get_all(refs)
-    AutoTokenizer.from_pretrained(tok_path).save_pretrained(tmp / "trainer" / "model_config")
+    if trainer:
+        AutoTokenizer.from_pretrained(tok_path).save_pretrained(tmp / "trainer" / "model_config")
     faults.maybe_kill("checkpoint_write", step)
-    if hf:
+    if hf and trainer:
         roles.trainer.call_all("save_hf", str(tmp / "hf"), tok_path)
     torch.save(checkpoint.capture_rng(), tmp / "driver_rng.pt")
     if (run_dir / "metrics.jsonl").exists():
@@ -211,7 +214,8 @@ def restore(ckpt: Path, state: dict, ctl, roles) -> int:
     from rlengine.workers.group import get_all
 
     tag = state["tag"]
-    refs = [a.load_checkpoint.remote(str(ckpt / "trainer"), tag) for a in roles.trainer.actors]
+    trainer = roles.trainer.actors if roles.trainer is not None else []
+    refs = [a.load_checkpoint.remote(str(ckpt / "trainer"), tag) for a in trainer]
     if roles.critic is not None:
         refs += [a.load_checkpoint.remote(str(ckpt / "critic"), tag) for a in roles.critic.actors]
     get_all(refs)

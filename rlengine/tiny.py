@@ -7,6 +7,8 @@ Everything here is deterministic and cached under `$RLENGINE_CACHE` (default
     tiny:base   random-initialised model + tokenizer
     tiny:sft    the base model warm-started by recipe=sft_tiny (built by rlengine.main when missing)
     tiny:rm     a reward model (scalar head) trained by recipe=rm_tiny from tiny:sft
+    tiny:teacher_base / tiny:teacher  a 5.4x larger model, and the distillation teacher trained from
+                it by recipe=sft_tiny_teacher
     tiny:train  training prompts (jsonl), tiny:test  the held-out split (disjoint operand pairs)
     tiny:pref_train / tiny:pref_test  preference pairs {prompt, chosen, rejected} on the same splits
 
@@ -128,25 +130,31 @@ def build_tokenizer(root: Path | None = None):
     return fast
 
 
-def build_base(root: Path | None = None) -> Path:
-    """Random-initialised Qwen2 (~0.9M params): hidden 128, 4 layers, 4 heads (2 KV), head dim 32."""
+# name -> (hidden, intermediate, layers, attention heads, KV heads) of the random-initialised models.
+BASES = {"base": (128, 384, 4, 4, 2),  # ~0.92M parameters
+         "teacher_base": (256, 768, 6, 8, 4)}  # ~5.0M: the distillation teacher, 5.4x the student
+
+
+def build_base(root: Path | None = None, name: str = "base") -> Path:
+    """Random-initialised Qwen2 of BASES[name]'s shape (head dim 32) with the tiny tokenizer."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     root = root or cache_root()
-    out = root / "base"
+    out = root / name
     if (out / "config.json").exists():
         return out
     tok = build_tokenizer(root)
+    hidden, inter, layers, heads, kv = BASES[name]
     cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256,
         rope_theta=10000.0, tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
         bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, torch_dtype="float32",
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg)
-    tmp = out.with_name("base.tmp")
+    tmp = out.with_name(name + ".tmp")
     model.save_pretrained(str(tmp), safe_serialization=True)
     GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
@@ -155,7 +163,7 @@ def build_base(root: Path | None = None) -> Path:
 
 
 # Trained tiny artefacts: name -> the recipe that builds it (rlengine.job runs it when missing).
-TRAINED = {"sft": "sft_tiny", "rm": "rm_tiny", "chat": "sft_tiny_chat"}
+TRAINED = {"sft": "sft_tiny", "rm": "rm_tiny", "chat": "sft_tiny_chat", "teacher": "sft_tiny_teacher"}
 
 
 def trained_dir(name: str, root: Path | None = None) -> Path:
@@ -174,8 +182,8 @@ def resolve_path(path: str) -> str:
     if not is_tiny(path):
         return path
     name = tiny_name(path)
-    if name == "base":
-        return str(build_base())
+    if name in BASES:
+        return str(build_base(name=name))
     if name == "chat_base":
         from rlengine import tiny_chat
 
@@ -191,7 +199,8 @@ def resolve_path(path: str) -> str:
 
     if name in tiny_chat.CHAT_DATA:
         return str(tiny_chat.build_chat_data() / f"{name}.jsonl")
-    raise ValueError(f"unknown tiny artefact {path!r}; known: tiny:base, tiny:sft, tiny:rm, tiny:train, "
+    raise ValueError(f"unknown tiny artefact {path!r}; known: tiny:base, tiny:teacher_base, tiny:sft, tiny:rm, "
+                     "tiny:teacher, tiny:train, "
                      f"tiny:test, tiny:pref_train, tiny:pref_test, tiny:chat_base, tiny:chat, "
                      + ", ".join(f"tiny:{n}" for n in tiny_chat.CHAT_DATA))
 

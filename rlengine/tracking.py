@@ -21,7 +21,8 @@ CONSOLE_KEYS = {"reward/mean": "reward", "eval/accuracy": "eval_acc", "actor/pg_
                 "dpo/loss": "dpo_loss", "rewards/accuracies": "rew_acc", "rewards/margins": "margin",
                 "eval/rewards/accuracies": "eval_rew_acc", "critic/value_loss": "vf_loss",
                 "critic/vf_explained_var": "vf_ev", "reward/rm_mean": "rm_score", "response_length/mean": "resp_len",
-                "sync/logprob_drift": "drift",
+                "sync/logprob_drift": "drift", "sample/single_accuracy": "single_acc",
+                "sample/kept_accuracy": "kept_acc", "sample/pass_at_k": "pass@k", "sample/rows": "rows",
                 "timing_s/step": "step_s"}
 
 

@@ -239,6 +239,19 @@ def test_cli_json(capsys):
     assert "devices_needed" in rep
 
 
+def test_teacher_is_a_frozen_role_on_devices_of_its_own(capsys):
+    """distill_qwen: the 7.6B teacher's bf16 weights on each of its two actors, beside the 1.5B student."""
+    assert memory.main(["recipe=distill_qwen", "--json", "--gpu-memory-gib", "80"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    t = rep["roles"]["teacher"]
+    assert t["devices"] == 2 and 7.5e9 * 2 < t["bytes"]["weights"] < 7.7e9 * 2 and "optimizer" not in t["bytes"]
+    assert [g["count"] for g in rep["per_device"] if g["roles"] == ["teacher"]] == [2]
+    assert rep["minimal"]["devices"] >= 3  # the teacher's 2 beside the hybrid trainer + engine
+    # top_k 0 ships the whole [tokens, V] distribution: it shows in the plan.
+    assert memory.main(["recipe=distill_qwen", "teacher.top_k=0", "--json", "--gpu-memory-gib", "80"]) == 0
+    assert json.loads(capsys.readouterr().out)["roles"]["teacher"]["bytes"]["scores"] > 1e9
+
+
 def test_cli_text_gpu_recipe():
     out = subprocess.run([sys.executable, "-m", "rlengine.plan", "recipe=grpo_qwen_math", *PINNED,
                           "--gpu-memory-gib", "22.5"], cwd=REPO, capture_output=True, text=True, timeout=300)

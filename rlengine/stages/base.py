@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from rlengine.data import check_rows, load_rows
@@ -27,6 +28,7 @@ class Uses:
     reference: bool = False
     critic: bool = False
     reward_model: bool = False
+    teacher: bool = False  # a frozen teacher scoring tokens (distillation)
 
 
 class Timer:
@@ -54,8 +56,13 @@ class Stage:
     online: ClassVar[bool] = False
     # Takes a reward model's score (reward_model.path) or a critic (critic.model_path).
     scores_samples: ClassVar[bool] = False
+    # Trains the policy.  A stage that does not (sampling) has no trainer role: no DeepSpeed ranks or
+    # their devices, the engines serve model.path unchanged, and a checkpoint is the driver state.
+    trains: ClassVar[bool] = True
     # The headline held-out metric and how the console names it.
     headline: ClassVar[tuple[str, str]] = ("eval/accuracy", "accuracy")
+    # Data sets the stage writes, listed in summary.json `outputs` (what a pipeline stage may consume).
+    output_names: ClassVar[tuple[str, ...]] = ()
 
     # Config time: class methods, run before Ray (validation, placement, --cfg).
 
@@ -97,6 +104,13 @@ class Stage:
         check_rows(test, (d.prompt_key, d.answer_key), f"{d.test_path} (data.test_path)")
         return train, test
 
+    def start(self, run_dir: Path) -> None:
+        """Before Ray, once the run directory is decided: e.g. where the stage writes its outputs."""
+
+    def total_steps(self) -> int:
+        """Steps of this run (after load_data): trainer.total_steps, unless the stage's data decides."""
+        return self.cfg.trainer.total_steps
+
     def heldout_rows(self, test_rows: list[dict]) -> list[dict] | None:
         """The held-out rows answered by greedy generation (None: `evaluate` scores them itself)."""
         return test_rows
@@ -116,6 +130,16 @@ class Stage:
         if not self.online:
             ctl.sync_weights()  # trained without sampling: the engines hold the old weights
         return ctl.evaluate_generation()
+
+    def results(self) -> dict:
+        """Entries of summary.json the stage adds after its last step (e.g. the files it wrote)."""
+        return {}
+
+    def finish(self, summary: dict) -> None:
+        """After summary.json is written: raise to fail the job on a result that must not be used."""
+
+    def close(self) -> None:
+        """Release what the stage holds (scoring pools), however the job ends."""
 
     def state_dict(self) -> dict:
         return {}
